@@ -1,0 +1,271 @@
+"""Model presets, Hugging Face loading by name or path, LoRA (peft), and scalar heads.
+
+A model is described by :class:`ModelConfig` (the mirror of ``conf/model/*.yaml``). Two kinds exist:
+
+* **tiny presets** (``tiny-t5``, ``tiny-gpt2``): an architecture built from a config with random
+  weights and the file-free byte tokenizer (``ByT5Tokenizer()``), trained from scratch. They need no
+  download, so the embedded default and the tests run anywhere.
+* **real models** (``flan-t5-large``, ``gpt2``, any ``name_or_path``): ``from_pretrained`` by hub name
+  or local directory. Without hub access this fails; we turn that into one message that says how to
+  point at a local copy.
+
+Whether a model is causal or encoder-decoder is read from its HF config here and acted on only in
+``feedback_lm.policy``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from feedback_lm.errors import UserError
+
+# Architecture of the tiny presets. Sizes are chosen so that the embedded default learns its task in a
+# few minutes on 2 CPU cores (measured in bench/README.md) [PROJECT].
+TINY_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny-t5": {
+        "model_type": "t5",
+        "d_model": 128,
+        "d_ff": 512,
+        "d_kv": 32,
+        "num_heads": 4,
+        "num_layers": 2,
+        "num_decoder_layers": 2,
+        "relative_attention_num_buckets": 32,
+        "relative_attention_max_distance": 128,
+        "feed_forward_proj": "relu",
+    },
+    "tiny-gpt2": {
+        "model_type": "gpt2",
+        "n_embd": 128,
+        "n_layer": 4,
+        "n_head": 4,
+        "n_positions": 512,
+    },
+}
+
+# ByT5's tokenizer: 256 byte ids shifted by 3 specials (pad=0, eos=1, unk=2) plus 125 sentinel ids.
+BYTE_VOCAB_SIZE = 384
+
+# Default LoRA targets per architecture (the attention projections, as in the LoRA paper §4.2).
+LORA_TARGETS = {"t5": ["q", "v"], "mt5": ["q", "v"], "gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}
+
+_DROPOUT_KEYS = ("dropout_rate", "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout", "attention_dropout",
+                 "hidden_dropout", "classifier_dropout", "summary_first_dropout")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapter settings; ``r=0`` means full fine-tuning."""
+
+    r: int = 0
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] | None = None
+
+
+@dataclass
+class ModelConfig:
+    """What model to build and how (mirror of ``conf/model/*.yaml``).
+
+    Attributes:
+        name: preset name, for messages and run names.
+        name_or_path: hub name or local directory for ``from_pretrained``; None for a tiny preset.
+        preset: a key of ``TINY_PRESETS`` when the model is built from a config.
+        overrides: architecture fields that replace the preset's (e.g. ``{"d_model": 256}``).
+        tokenizer: "byte" (file-free ``ByT5Tokenizer``) or None to load the model's own tokenizer.
+        dropout: if set, every ``*dropout*`` field of the HF config is set to it (0 for PPO/RM, spec §0.5).
+        lora: peft LoRA settings.
+        dtype: parameter dtype when loading real weights ("float32" keeps fp32 master weights).
+        compile: wrap the model's forward in ``torch.compile``.
+        gradient_checkpointing: trade compute for memory on large models.
+        max_length: prompts and responses are truncated to this many tokens (left for prompts).
+    """
+
+    name: str = "custom"
+    name_or_path: str | None = None
+    preset: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str | None = None
+    dropout: float | None = None
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    dtype: str = "float32"
+    compile: bool = False
+    gradient_checkpointing: bool = False
+    max_length: int = 512
+
+    @classmethod
+    def coerce(cls, value: ModelConfig | Mapping[str, Any]) -> ModelConfig:
+        """Build from a plain mapping (what Hydra gives), rejecting unknown keys with a clear message."""
+        if isinstance(value, ModelConfig):
+            return value
+        if not isinstance(value, Mapping):
+            raise UserError(f"model config must be a mapping, got {type(value).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise UserError(f"unknown model setting(s) {unknown}; valid keys are {sorted(known)}")
+        kwargs = dict(value)
+        lora = kwargs.get("lora") or {}
+        if isinstance(lora, Mapping):
+            lora_known = {f.name for f in dataclasses.fields(LoraConfig)}
+            bad = sorted(set(lora) - lora_known)
+            if bad:
+                raise UserError(f"unknown model.lora setting(s) {bad}; valid keys are {sorted(lora_known)}")
+            kwargs["lora"] = LoraConfig(**lora)
+        kwargs["overrides"] = dict(kwargs.get("overrides") or {})
+        cfg = cls(**kwargs)
+        if cfg.preset is None and cfg.name_or_path is None:
+            raise UserError("model: set either model.preset (tiny-t5, tiny-gpt2) or model.name_or_path")
+        if cfg.preset is not None and cfg.preset not in TINY_PRESETS:
+            raise UserError(f"unknown model preset '{cfg.preset}'; known presets: {sorted(TINY_PRESETS)}")
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_tokenizer(cfg: ModelConfig):
+    """The tokenizer of ``cfg``: the file-free byte tokenizer, or the model's own."""
+    from transformers import AutoTokenizer, ByT5Tokenizer
+
+    if cfg.tokenizer == "byte" or (cfg.tokenizer is None and cfg.name_or_path is None):
+        return ByT5Tokenizer()
+    source = cfg.tokenizer or cfg.name_or_path
+    try:
+        tok = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise UserError(_not_found_message(source, "tokenizer", e)) from None
+    if tok.pad_token_id is None:  # GPT-2 has no pad token; reuse EOS (masks keep it out of losses).
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _not_found_message(source: str, what: str, err: Exception) -> str:
+    local = os.path.isdir(source) or source.startswith(("/", ".", "~"))
+    if local:
+        return (f"could not load the {what} from '{source}': {err}. The directory must hold a Hugging Face "
+                f"model saved with save_pretrained (config.json, weights, tokenizer files).")
+    return (f"could not load the {what} '{source}' (no access to the Hugging Face hub, or the name is wrong). "
+            f"Download it on a machine with internet (`huggingface-cli download {source} --local-dir DIR`) "
+            f"and run with model.name_or_path=DIR, or set HF_HOME to a cache that already holds it.")
+
+
+def _apply_dropout(hf_config, dropout: float | None) -> None:
+    if dropout is None:
+        return
+    for key in _DROPOUT_KEYS:
+        if hasattr(hf_config, key):
+            setattr(hf_config, key, dropout)
+
+
+def build_hf_config(cfg: ModelConfig, tokenizer):
+    """The HF config of a tiny preset, sized to the tokenizer's vocabulary."""
+    from transformers import AutoConfig
+
+    spec = {**TINY_PRESETS[cfg.preset], **cfg.overrides}
+    model_type = spec.pop("model_type")
+    ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    if model_type == "t5":
+        ids["decoder_start_token_id"] = tokenizer.pad_token_id  # T5 convention (spec §0.3)
+    else:
+        ids["bos_token_id"] = tokenizer.eos_token_id
+    hf_config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), **ids, **spec)
+    _apply_dropout(hf_config, 0.0 if cfg.dropout is None else cfg.dropout)
+    return hf_config
+
+
+def load_model(cfg: ModelConfig, tokenizer) -> nn.Module:
+    """Build (tiny preset) or load (``from_pretrained``) the language model, then apply LoRA.
+
+    Returns:
+        An HF ``PreTrainedModel`` with an LM head, peft-wrapped when ``cfg.lora.r > 0``.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    if cfg.preset is not None:
+        hf_config = build_hf_config(cfg, tokenizer)
+        cls = AutoModelForSeq2SeqLM if hf_config.is_encoder_decoder else AutoModelForCausalLM
+        model = cls.from_config(hf_config)
+    else:
+        try:
+            hf_config = AutoConfig.from_pretrained(cfg.name_or_path)
+        except (OSError, ValueError) as e:
+            raise UserError(_not_found_message(cfg.name_or_path, "model", e)) from None
+        _apply_dropout(hf_config, cfg.dropout)
+        cls = AutoModelForSeq2SeqLM if hf_config.is_encoder_decoder else AutoModelForCausalLM
+        dtype = getattr(torch, cfg.dtype)
+        try:
+            model = cls.from_pretrained(cfg.name_or_path, config=hf_config, dtype=dtype)
+        except (OSError, ValueError) as e:
+            raise UserError(_not_found_message(cfg.name_or_path, "model", e)) from None
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = model.config.pad_token_id
+        if model.config.is_encoder_decoder and model.generation_config.decoder_start_token_id is None:
+            model.generation_config.decoder_start_token_id = model.config.decoder_start_token_id
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if cfg.lora.r > 0:
+        model = apply_lora(model, cfg.lora)
+    return model
+
+
+def apply_lora(model: nn.Module, lora: LoraConfig) -> nn.Module:
+    """Wrap ``model`` with a peft LoRA adapter; only the adapter weights stay trainable."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import TaskType, get_peft_model
+
+    model_type = model.config.model_type
+    targets = lora.target_modules or LORA_TARGETS.get(model_type)
+    if targets is None:
+        raise UserError(f"no default LoRA target modules for model type '{model_type}'; "
+                        f"set model.lora.target_modules=[...] (names of its attention projections)")
+    task = TaskType.SEQ_2_SEQ_LM if model.config.is_encoder_decoder else TaskType.CAUSAL_LM
+    peft_cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                              target_modules=list(targets), task_type=task)
+    return get_peft_model(model, peft_cfg)
+
+
+def architecture_signature(model: nn.Module) -> str:
+    """A short hash of the architecture (config + parameter shapes); checkpoints carry it so that a
+    checkpoint from another architecture is refused with a clear message instead of a shape error."""
+    shapes = sorted((name, tuple(p.shape)) for name, p in model.state_dict().items())
+    return hashlib.sha1(json.dumps(shapes).encode()).hexdigest()[:16]
+
+
+class ScalarHead(nn.Module):
+    """``Linear(d, 1)`` on hidden states: value heads (zero init, spec §3.1) and reward heads
+    (``N(0, 1/sqrt(d+1))``, spec §2.0)."""
+
+    def __init__(self, hidden_size: int, init: str = "zero"):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 1)
+        if init == "zero":
+            nn.init.zeros_(self.linear.weight)
+        elif init == "normal":
+            nn.init.normal_(self.linear.weight, std=1.0 / math.sqrt(hidden_size + 1))
+        else:
+            raise ValueError(f"unknown head init '{init}' (zero | normal)")
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [..., d] -> [...], computed in fp32."""
+        return self.linear(hidden.float()).squeeze(-1)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total

@@ -1,0 +1,293 @@
+"""The policy adapter: the ONLY place that knows causal vs encoder-decoder.
+
+Every algorithm talks to a language model through :class:`Policy` with one data layout (DESIGN §4):
+prompts LEFT-padded ``[B,P]``, responses RIGHT-padded ``[B,R]`` and cut after the first EOS. The
+adapter turns that into the right forward pass (spec §0.3):
+
+* **causal**: ``z = [prompt; response]`` with ``position_ids = cumsum(mask) - 1`` so that left padding
+  does not shift positions; ``logits[:, P-1+t]`` predicts ``y_t``.
+* **encoder-decoder**: the prompt goes to the encoder, ``decoder_input_ids = shift_right(response)``
+  with the decoder start token; ``logits[:, t]`` predicts ``y_t`` with no manual shift.
+
+Either way :meth:`Policy.forward` returns logits ``[B,R,V]`` aligned with the response tokens, and
+(on request) the hidden state *before* each response token ``[B,R,d]`` for value heads, plus the
+hidden state that has read the whole sequence ``[B,d]`` for reward heads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from feedback_lm import ops
+from feedback_lm.models import ModelConfig, load_model, load_tokenizer
+
+
+@dataclass
+class PolicyOutput:
+    """Output of :meth:`Policy.forward`.
+
+    Attributes:
+        logits: ``[B,R,V]``; ``logits[:, t]`` predicts ``response_ids[:, t]``.
+        hidden: ``[B,R,d]`` state before emitting ``y_t`` (value heads, spec §0.3), or None.
+        last_hidden: ``[B,d]`` state at the last real response token (reward heads, spec §2.0), or None.
+    """
+
+    logits: torch.Tensor
+    hidden: torch.Tensor | None = None
+    last_hidden: torch.Tensor | None = None
+
+
+@dataclass
+class Generation:
+    """Responses sampled by :meth:`Policy.generate`.
+
+    Attributes:
+        response_ids: ``[B,R]`` right-padded with pad id, cut after the first EOS.
+        response_mask: ``[B,R]`` bool, True up to and including the first EOS.
+        logprobs: ``[B,R]`` fp32 log-probs of the sampled tokens under the *processed* sampling
+            distribution (temperature applied), 0 on padding; None unless requested.
+    """
+
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    logprobs: torch.Tensor | None = None
+
+
+class Policy(nn.Module):
+    """A Hugging Face LM (optionally LoRA-wrapped) plus its tokenizer, behind one interface.
+
+    Args:
+        model: an HF model with an LM head (``AutoModelForCausalLM`` / ``AutoModelForSeq2SeqLM``).
+        tokenizer: its tokenizer.
+        max_length: prompts are cut to their last ``max_length`` tokens, responses to their first.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, max_length: int = 512):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.is_encoder_decoder = bool(model.config.is_encoder_decoder)
+        self.pad_token_id = int(model.config.pad_token_id)
+        self.eos_token_id = int(tokenizer.eos_token_id)
+        self._forward_accepts_logits_to_keep = not self.is_encoder_decoder
+        self._byte_offset = _byte_offset(tokenizer)
+        self.fsdp_root: nn.Module | None = None  # see set_fsdp_root
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig | dict) -> Policy:
+        cfg = ModelConfig.coerce(cfg)
+        tokenizer = load_tokenizer(cfg)
+        model = load_model(cfg, tokenizer)
+        policy = cls(model, tokenizer, max_length=cfg.max_length)
+        if cfg.compile:
+            policy.model.forward = torch.compile(policy.model.forward)
+        return policy
+
+    def set_fsdp_root(self, root: nn.Module | None) -> None:
+        """Tell the policy the strategy's outermost FSDP unit (``trainer.strategy.model``) so that
+        generation can gather full parameters. Stored outside ``nn.Module`` registration on purpose:
+        the root contains this policy, registering it would make a cycle."""
+        object.__setattr__(self, "fsdp_root", root)
+
+    @property
+    def hidden_size(self) -> int:
+        cfg = self.model.config
+        return int(getattr(cfg, "d_model", None) or getattr(cfg, "n_embd", None) or cfg.hidden_size)
+
+    # ----------------------------------------------------------------------------------- tokenizing
+    def encode_prompts(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenize prompts, LEFT-padded. T5 encoders get their EOS; causal prompts get none.
+
+        Returns:
+            ids ``[B,P]`` long and mask ``[B,P]`` bool.
+        """
+        eos = [self.eos_token_id] if self.is_encoder_decoder else []
+        enc = [ids[-(self.max_length - len(eos)):] + eos for ids in self._tokenize(texts)]
+        return pad_sequences(enc, self.pad_token_id, side="left")
+
+    def encode_responses(self, texts: Sequence[str], add_eos: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenize responses (targets), RIGHT-padded, with EOS appended (spec §1.2: the model must
+        learn to stop). Prompt and response are tokenized separately (spec §1.5).
+
+        Returns:
+            ids ``[B,R]`` long and mask ``[B,R]`` bool.
+        """
+        eos = [self.eos_token_id] if add_eos else []
+        enc = self._tokenize(texts)
+        enc = [ids[: self.max_length - len(eos)] + eos for ids in enc]
+        return pad_sequences(enc, self.pad_token_id, side="right")
+
+    def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        if self._byte_offset is not None:  # ByT5: id = utf-8 byte + 3; 30x faster than the generic path
+            off = self._byte_offset
+            return [[b + off for b in t.encode("utf-8")] for t in texts]
+        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+    def encode_batch(self, prompts: Sequence[str], responses: Sequence[str], device=None) -> dict:
+        """Prompt and response texts -> the four tensors every forward pass takes, on ``device``."""
+        prompt_ids, prompt_mask = self.encode_prompts(prompts)
+        response_ids, response_mask = self.encode_responses(responses)
+        out = dict(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
+                   response_mask=response_mask)
+        return {k: v.to(device) for k, v in out.items()} if device is not None else out
+
+    def decode(self, response_ids: torch.Tensor, response_mask: torch.Tensor | None = None) -> list[str]:
+        """Response ids ``[B,R]`` -> texts, without special tokens or padding."""
+        rows = response_ids.tolist()
+        if response_mask is not None:
+            rows = [r[: int(n)] for r, n in zip(rows, response_mask.sum(-1).tolist())]
+        return self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+
+    # -------------------------------------------------------------------------------------- forward
+    def decoder_input_ids(self, response_ids: torch.Tensor) -> torch.Tensor:
+        """``shift_right(response_ids)`` with the decoder start token (spec §0.3)."""
+        start = self.model.config.decoder_start_token_id
+        first = torch.full_like(response_ids[:, :1], start)
+        return torch.cat([first, response_ids[:, :-1]], dim=1)
+
+    def forward(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+                response_mask: torch.Tensor, output_hidden: bool = False) -> PolicyOutput:
+        """Logits (and hidden states) aligned with the response tokens.
+
+        Args:
+            prompt_ids: ``[B,P]`` left-padded. prompt_mask: ``[B,P]`` bool.
+            response_ids: ``[B,R]`` right-padded. response_mask: ``[B,R]`` bool.
+            output_hidden: also return ``hidden [B,R,d]`` and ``last_hidden [B,d]``.
+        """
+        R = response_ids.shape[1]
+        last = ops.last_index(response_mask)  # [B]
+        if self.is_encoder_decoder:
+            out = self.model(input_ids=prompt_ids, attention_mask=prompt_mask.long(),
+                             decoder_input_ids=self.decoder_input_ids(response_ids),
+                             output_hidden_states=output_hidden, use_cache=False)
+            logits = out.logits
+            if not output_hidden:
+                return PolicyOutput(logits)
+            hidden = out.decoder_hidden_states[-1]
+            # T5's decoder state at t has read y_<t; the state at the EOS position has read the whole
+            # response and is the one a reward head reads (spec §2.0, [PROJECT] for enc-dec).
+            return PolicyOutput(logits, hidden, hidden[torch.arange(len(last)), last])
+
+        P = prompt_ids.shape[1]
+        input_ids = torch.cat([prompt_ids, response_ids], dim=1)
+        attention = torch.cat([prompt_mask, response_mask], dim=1).long()
+        position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # spec §0.3: left padding
+        kwargs = {"logits_to_keep": R + 1} if self._forward_accepts_logits_to_keep else {}
+        out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
+                         output_hidden_states=output_hidden, use_cache=False, **kwargs)
+        logits = out.logits[:, -(R + 1):-1]  # position P-1+t predicts y_t
+        if not output_hidden:
+            return PolicyOutput(logits)
+        full = out.hidden_states[-1]
+        hidden = full[:, P - 1:-1]
+        last_hidden = full[torch.arange(len(last)), P + last]  # has read every real token
+        return PolicyOutput(logits, hidden, last_hidden)
+
+    def logprobs(self, prompt_ids, prompt_mask, response_ids, response_mask, temperature: float = 1.0):
+        """Per-token fp32 log-probs ``[B,R]`` of the response under ``softmax(logits / temperature)``,
+        0 on padding."""
+        logits = self(prompt_ids, prompt_mask, response_ids, response_mask).logits
+        return ops.gather_logprobs(logits, response_ids, temperature) * response_mask
+
+    # ----------------------------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int = 32,
+                 do_sample: bool = True, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 num_return_sequences: int = 1, output_logprobs: bool = False) -> Generation:
+        """Sample (or greedy-decode) responses.
+
+        Args:
+            prompt_ids: ``[B,P]`` left-padded; prompt_mask ``[B,P]``.
+            do_sample: False = greedy (temperature, top_k, top_p ignored).
+            num_return_sequences: responses per prompt; rows come out prompt-major
+                (``prompt_ids.repeat_interleave(n, 0)`` lines up with them).
+            output_logprobs: also return the log-probs of the sampled tokens under the sampling
+                distribution (what the forward pass at the same temperature must reproduce, spec §3.9 #9).
+
+        Returns:
+            :class:`Generation` with ``[B*n, R]`` tensors, ``R <= max_new_tokens``.
+        """
+        if not do_sample:
+            temperature, top_k, top_p = 1.0, 0, 1.0
+        gen_kwargs = dict(
+            input_ids=prompt_ids, attention_mask=prompt_mask.long(), max_new_tokens=max_new_tokens,
+            do_sample=do_sample, num_return_sequences=num_return_sequences,
+            pad_token_id=self.pad_token_id, eos_token_id=self.eos_token_id,
+            return_dict_in_generate=True, output_scores=output_logprobs,
+        )
+        if do_sample:
+            gen_kwargs.update(temperature=temperature, top_k=top_k, top_p=top_p)
+        was_training = self.model.training
+        self.model.eval()  # no dropout while sampling (spec §0.5)
+        try:
+            with _full_params_for_generation(self.model, self.fsdp_root) as synced:
+                out = self.model.generate(**gen_kwargs, synced_gpus=synced)
+        finally:
+            self.model.train(was_training)
+        seq = out.sequences
+        new = seq[:, 1:] if self.is_encoder_decoder else seq[:, prompt_ids.shape[1]:]
+        if new.shape[1] == 0:  # max_new_tokens=0: keep shapes valid
+            new = torch.full_like(seq[:, :1], self.eos_token_id)
+        mask = ops.response_mask(new, self.eos_token_id)
+        new = new.masked_fill(~mask, self.pad_token_id)
+        logprobs = None
+        if output_logprobs:
+            scores = torch.stack(out.scores, dim=1)[:, : new.shape[1]].float()  # [B,R,V] processed logits
+            logprobs = ops.gather_logprobs(scores, new) * mask
+        return Generation(new, mask, logprobs)
+
+    @torch.no_grad()
+    def generate_text(self, prompts: Sequence[str], **kwargs) -> list[str]:
+        """Convenience: prompt texts in, response texts out (on the model's device)."""
+        device = next(self.model.parameters()).device
+        ids, mask = self.encode_prompts(prompts)
+        gen = self.generate(ids.to(device), mask.to(device), **kwargs)
+        return self.decode(gen.response_ids, gen.response_mask)
+
+
+def _byte_offset(tokenizer) -> int | None:
+    """The id offset of a ByT5-style byte tokenizer (ids = bytes + offset), or None for other tokenizers."""
+    from transformers import ByT5Tokenizer
+
+    return getattr(tokenizer, "offset", None) if isinstance(tokenizer, ByT5Tokenizer) else None
+
+
+def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad lists of token ids into ``(ids [B,L] long, mask [B,L] bool)``; ``side`` is "left" or "right"."""
+    width = max((len(s) for s in seqs), default=0)
+    ids = torch.full((len(seqs), max(width, 1)), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), max(width, 1)), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        if not s:
+            continue
+        sl = slice(width - len(s), width) if side == "left" else slice(0, len(s))
+        ids[i, sl] = torch.as_tensor(s, dtype=torch.long)
+        mask[i, sl] = True
+    return ids, mask
+
+
+@contextlib.contextmanager
+def _full_params_for_generation(model: nn.Module, root: nn.Module | None = None):
+    """Generation under FSDP needs full parameters and every rank stepping together (DESIGN §5.6).
+
+    ``root`` is the strategy's outermost FSDP unit when it wraps more than ``model`` (Lightning's
+    FSDPStrategy wraps the LightningModule; plugins set ``Policy.fsdp_root`` from the trainer). Yields
+    the ``synced_gpus`` flag for ``generate``: True under FSDP with several ranks, so that a rank whose
+    sequences finished early keeps running forward passes until every rank is done.
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    target = root if isinstance(root, FSDP) else next((m for m in model.modules() if isinstance(m, FSDP)), None)
+    if target is None:
+        yield False
+        return
+    import torch.distributed as dist
+
+    with FSDP.summon_full_params(target, writeback=False, recurse=True):
+        yield dist.is_initialized() and dist.get_world_size() > 1
