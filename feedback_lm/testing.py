@@ -95,7 +95,10 @@ def _check_one(algo, model, overrides, config_dir, steps, tmp: Path) -> dict[str
     trainer.fit(module, datamodule=datamodule)
     assert trainer.global_step >= 1, f"{algo}: no optimizer step was taken in {steps} training steps"
 
-    logged = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    logged = _scalars(trainer.callback_metrics)
+    if type(module).validation_step is not L.LightningModule.validation_step:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        logged.update(_scalars(trainer.callback_metrics))
     assert logged, f"{algo}: logged no metrics (use self.log('<phase>/<name>', value))"
     for key, value in logged.items():
         assert METRIC_KEY.match(key), f"{algo}: metric key '{key}' is not of the form '<phase>/<name>'"
@@ -127,3 +130,7 @@ def _check_one(algo, model, overrides, config_dir, steps, tmp: Path) -> dict[str
     assert seen["equal"], f"{algo}: weights after resume differ from the saved checkpoint"
     assert trainer2.global_step == saved_step + 1, f"{algo}: training did not continue after resume"
     return logged
+
+
+def _scalars(metrics) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if torch.is_tensor(v) and v.numel() == 1}

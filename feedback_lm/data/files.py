@@ -41,7 +41,9 @@ def bbh_split_indices(n: int, seed: int = 1, test_frac: float = 0.2) -> tuple[li
     return perm[:n_train], perm[n_train:]
 
 
-def load_bbh(path: str | os.PathLike, split: str = "all", seed: int = 1, test_frac: float = 0.2) -> list[Example]:
+def load_bbh(
+    path: str | os.PathLike, split: str = "all", seed: int = 1, test_frac: float = 0.2
+) -> list[Example]:
     """Load a BBH task file (``{"canary", "examples": [{"input", "target"}]}``).
 
     BBH inputs already hold the options in the spec §5.1 layout (``"...\\nOptions:\\n(A) ..."``) and no
@@ -72,14 +74,17 @@ def load_bbh(path: str | os.PathLike, split: str = "all", seed: int = 1, test_fr
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{p} is not a BBH task file: it is not valid JSON ({err}); expected {_BBH_SHAPE}") from None
+        raise UserError(
+            f"{p} is not a BBH task file: it is not valid JSON ({err}); expected {_BBH_SHAPE}"
+        ) from None
     rows = data.get("examples") if isinstance(data, dict) else None
     if not isinstance(rows, list) or not rows:
-        raise UserError(f"{p} is not a BBH task file: it has no non-empty 'examples' list; expected {_BBH_SHAPE}")
+        raise UserError(
+            f"{p} is not a BBH task file: it has no non-empty 'examples' list; expected {_BBH_SHAPE}"
+        )
     examples = []
     for i, row in enumerate(rows):
-        ok = isinstance(row, dict) and isinstance(row.get("input"), str) and isinstance(row.get("target"), str)
-        if not ok:
+        if not (isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("input", "target"))):
             raise UserError(
                 f"{p}: examples[{i}] is not an object with string 'input' and 'target' "
                 f"(got {_preview(row)}); expected {_BBH_SHAPE}"
@@ -110,7 +115,9 @@ def load_jsonl(path: str | os.PathLike, required: Sequence[str] = ("prompt", "re
     p = Path(path)
     shape = "{" + ", ".join(f'"{k}": "..."' for k in required) + "}"
     if not p.is_file():
-        raise UserError(f"JSONL file not found: {p}. Check the path in your data config (e.g. data.path=...).")
+        raise UserError(
+            f"JSONL file not found: {p}. Check the path in your data config (e.g. data.path=...)."
+        )
     rows = []
     with p.open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
@@ -120,12 +127,16 @@ def load_jsonl(path: str | os.PathLike, required: Sequence[str] = ("prompt", "re
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise UserError(f"{where}: not valid JSON ({err.msg}); each line must be one object like {shape}") from None
+                raise UserError(
+                    f"{where}: not valid JSON ({err.msg}); each line must be one object like {shape}"
+                ) from None
             if not isinstance(row, dict):
                 raise UserError(f"{where}: expected a JSON object like {shape}, got {_preview(row)}")
             for key in required:
                 if key not in row:
-                    raise UserError(f"{where}: missing field {key!r}; each line must be an object like {shape}")
+                    raise UserError(
+                        f"{where}: missing field {key!r}; each line must be an object like {shape}"
+                    )
                 if not isinstance(row[key], str):
                     raise UserError(
                         f"{where}: field {key!r} must be a string, got {type(row[key]).__name__}; "

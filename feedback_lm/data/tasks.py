@@ -11,16 +11,13 @@ Tiny byte-level models are trained from scratch on these tasks in minutes, so ev
 difficulty knobs (keyword arguments) that make an easier variant *in the same format*; the defaults
 reproduce BBH's distribution as measured on the 250 real examples of each task:
 
-============================================  ====================================================
-task                                          knobs (BBH-like defaults)
-============================================  ====================================================
-object_counting                               min_items=2, max_items=10, max_count=5,
-                                              distractor_prob=0.2, max_distractors=3, categories=None
-word_sorting                                  min_words=2, max_words=20, vocab_size=None
-tracking_shuffled_objects_{three,five,seven}  n_objects=3|5|7, n_swaps=None (= n_objects),
-_objects                                      variants=None
-logical_deduction_{three,five,seven}_objects  n_objects=3|5|7, absolute_prob=0.25, scenarios=None
-============================================  ====================================================
+- ``object_counting``: ``min_items=2, max_items=10, max_count=5, distractor_prob=0.2,
+  max_distractors=3, categories=None``
+- ``word_sorting``: ``min_words=2, max_words=20, vocab_size=None``
+- ``tracking_shuffled_objects_{three,five,seven}_objects``: ``n_objects=3|5|7, n_swaps=None``
+  (= n_objects), ``variants=None``
+- ``logical_deduction_{three,five,seven}_objects``: ``n_objects=3|5|7, absolute_prob=0.25,
+  scenarios=None``
 
 Users add tasks with :func:`register_task`; :func:`generate` is the one entry point the data modules
 call. Correctness is spec ``ALGORITHMS.md`` §5.1 exact match after normalisation (:func:`is_correct`);
@@ -123,7 +120,8 @@ def score(task: str, output: str, target: str) -> float:
 
     - ``option`` (``"(B)"``): 0.1 if the output at least has the ``(X)`` shape, else 0.0. A wrong
       letter carries no information about closeness, so only the format earns anything.
-    - ``number`` (``"14"``): ``0.5 / (1 + |output - target|)`` if the output is an integer, else 0.0.
+    - ``number`` (``"14"``): ``0.5 / (1 + |output - target|)`` if the output is an integer, else 0.0
+      (so ``"14\\n"``, wrong under §5.1 because outputs keep newlines, still scores 0.5).
     - ``words`` (``"apple banana"``): ``0.9 * (positions + pairs) / 2`` on lower-cased, dot-free
       tokens, where *positions* is the share of positions holding the right word (over the longer of
       the two lists) and *pairs* the share of the target's adjacent pairs that also appear adjacent in
@@ -193,6 +191,8 @@ def format_prompt(example: Example, template: str = "Q: {input}\nA:", **fields: 
             f"prompt template {template!r} uses the placeholder {err}, which has no value; "
             f"available: {', '.join(['input', *fields])}"
         ) from None
+    except ValueError as err:  # e.g. a lone "{"
+        raise UserError(f"prompt template {template!r} is not a valid format string: {err}") from None
 
 
 def format_response(example: Example) -> str:
@@ -319,7 +319,10 @@ def _choose_subset(name: str, chosen: Sequence[str] | None, available: Sequence[
         chosen = [chosen]
     chosen = list(chosen)
     bad = [c for c in chosen if c not in available]
-    _require(bool(chosen) and not bad, f"{name} must be a non-empty subset of {list(available)}, got {chosen}")
+    _require(
+        bool(chosen) and not bad,
+        f"{name} must be a non-empty subset of {list(available)}, got {chosen}",
+    )
     return chosen
 
 
@@ -688,7 +691,7 @@ def _position_phrase(axis: str, pos: int, n: int) -> str:
     count is named from the left / first end for positions and golf, but from the newest / most
     expensive end for age and price (three vehicles: oldest, second-newest, newest).
     """
-    from_low = pos <= (n - 1) // 2 if axis in ("left_right", "rank") else pos < (n - 1) // 2
+    from_low = pos <= (n - 1) // 2 if axis in ("left_right", "rank") else pos < n // 2
     k = pos + 1 if from_low else n - pos  # 1-based, counted from the chosen end
     if axis == "left_right":
         end = "left" if from_low else "right"

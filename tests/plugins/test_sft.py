@@ -126,3 +126,12 @@ def test_overfit_one_pair():
         opt.step()
     assert loss.item() < 0.05, f"loss {loss.item():.3f} after {step} steps"
     assert math.isfinite(loss.item())
+
+
+def test_sft_plugin_contract():
+    """DESIGN §3: both tiny architectures, finite loss, params change, save -> resume."""
+    from feedback_lm.testing import check_plugin
+
+    results = check_plugin("sft", overrides=["algo.max_new_tokens=8"])
+    for metrics in results.values():
+        assert {"train/loss", "val/accuracy", "val/loss"} <= set(metrics)
