@@ -3,11 +3,11 @@
 import hydra
 from omegaconf import DictConfig
 
-from feedback_lm.run import main
-
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def train(cfg: DictConfig):
+    from feedback_lm.run import main  # imported here so config errors are reported without loading torch
+
     return main(cfg)
 
 

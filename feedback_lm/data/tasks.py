@@ -838,9 +838,10 @@ def _register_sized(family: Callable[..., Example], prefix: str, kind: str) -> N
             return family(rng, n_objects=n_objects, **difficulty)
 
         # Expose the family's real knobs (with this size's default) so `generate` can validate them.
-        params = list(inspect.signature(family).parameters.values())
+        signature = inspect.signature(family)
+        params = list(signature.parameters.values())
         params[1] = params[1].replace(default=size)
-        sized.__signature__ = inspect.Signature(params)
+        sized.__signature__ = signature.replace(parameters=params)
         sized.__name__ = f"{prefix}_{_NUMBER_WORDS[size]}_objects"
         sized.__doc__ = family.__doc__
         register_task(sized.__name__, kind=kind)(sized)
