@@ -116,8 +116,11 @@ class TaskDataModule(L.LightningDataModule):
             raise UserError(f"no training examples from data.source={self.source} (path={self.path})")
 
     def train_dataloader(self) -> DataLoader:
+        # Full batches only (every DDP rank then sees the same batch shapes), unless the data is smaller
+        # than one batch.
         return DataLoader(TextDataset(self.train_rows), batch_size=self.batch_size, shuffle=True,
-                          collate_fn=collate_text, num_workers=self.num_workers, drop_last=True)
+                          collate_fn=collate_text, num_workers=self.num_workers,
+                          drop_last=len(self.train_rows) >= self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(TextDataset(self.val_rows), batch_size=self.eval_batch_size, shuffle=False,
