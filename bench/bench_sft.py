@@ -93,7 +93,10 @@ def make_rows(n: int, prompt_len: int, response_len: int, seed: int) -> list[dic
     rows = []
     for _ in range(n):
         prompt = "".join(rng.choice(alphabet) for _ in range(prompt_len))
-        response = "".join(rng.choice(alphabet) for _ in range(response_len))
+        # The response ends in a letter: TRL appends EOS as text ("</s>"), and that token's lstrip would
+        # eat a space before it, making the sample one token shorter.
+        response = "".join(rng.choice(alphabet) for _ in range(response_len - 1))
+        response += rng.choice(string.ascii_lowercase)
         rows.append({"prompt": prompt, "response": response, "target": response})
     return rows
 
