@@ -101,9 +101,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         cfg = SFTConfig(
             output_dir=out, max_steps=total, per_device_train_batch_size=args.batch,
-            gradient_accumulation_steps=1, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0,
-            weight_decay=0.0, optim="adamw_torch", max_grad_norm=0.0, use_cpu=True, bf16=False, fp16=False,
-            packing=False, completion_only_loss=True, max_length=None, dataset_num_proc=None,
+            gradient_accumulation_steps=1, learning_rate=args.lr, lr_scheduler_type="constant",
+            warmup_steps=0, weight_decay=0.0, optim="adamw_torch", max_grad_norm=0.0, use_cpu=True,
+            bf16=False, fp16=False, packing=False, completion_only_loss=True, max_length=None,
+            dataset_num_proc=None,
             eval_strategy="no", save_strategy="no", logging_strategy="no", report_to="none",
             disable_tqdm=True, dataloader_num_workers=0, dataloader_drop_last=True, seed=args.seed,
             data_seed=args.seed,
@@ -117,8 +118,9 @@ def main() -> None:
             trained = sum(label != -100 for label in row["labels"])
             if (len(row["input_ids"]) != tokens_per_sample or trained != args.response_len + 1
                     or row["input_ids"][-1] != tok.eos_token_id):
-                sys.exit(f"TRL tokenized a sample to {len(row['input_ids'])} tokens ({trained} in the loss, last "
-                         f"id {row['input_ids'][-1]}), expected {tokens_per_sample} ({args.response_len + 1}, ending in EOS)")
+                sys.exit(f"TRL tokenized a sample to {len(row['input_ids'])} tokens ({trained} in the loss, "
+                         f"last id {row['input_ids'][-1]}), expected {tokens_per_sample} "
+                         f"({args.response_len + 1} in the loss, ending in EOS)")
         trainer.train()
 
     n = len(ends) - args.warmup
@@ -131,8 +133,8 @@ def main() -> None:
         "step_ms_median": 1e3 * statistics.median(steps),
         "samples_per_s": n * args.batch / wall, "tokens_per_s": n * args.batch * tokens_per_sample / wall,
         "n_params": sum(p.numel() for p in model.parameters()), "torch_threads": torch.get_num_threads(),
-        "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__,
-                     "datasets": datasets.__version__},
+        "versions": {"trl": trl.__version__, "transformers": transformers.__version__,
+                     "torch": torch.__version__, "datasets": datasets.__version__},
     }
     print("BENCH_RESULT " + json.dumps(result), flush=True)
 

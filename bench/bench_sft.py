@@ -141,6 +141,7 @@ class StepClock:
         steps = [e - s for s, e in zip(self.starts[warmup:], self.ends[warmup:])]
         return {"measured_steps": n, "wall_s": wall, "in_step_s": sum(steps),
                 "step_ms_median": 1e3 * statistics.median(steps),
+                "step_ms": [round(1e3 * t, 2) for t in steps],
                 "samples_per_s": n * batch / wall, "tokens_per_s": n * batch * tokens_per_sample / wall}
 
 
@@ -189,7 +190,8 @@ def run_plain(args, cfg: dict, rows: list[dict]) -> dict:
     # The SFT plugin's optimizer and schedule with the arguments the "ours" run gives it.
     opt = build_adamw(policy.parameters(), args.lr, 0.0, (0.9, 0.999))
     sched = build_scheduler(opt, total, "constant", 0, 0.1)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if precision(args) == "bf16-mixed" else nullcontext()
+    bf16 = precision(args) == "bf16-mixed"  # what Lightning's bf16-mixed does: autocast the forward
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
     for step, batch in enumerate(loader(rows, args.batch)):
         if step == total:
             break
@@ -246,10 +248,11 @@ def parse_result(stdout: str) -> dict | None:
     return None
 
 
-def run_subprocess(cmd: list[str], what: str, timeout: float | None = None) -> dict:
+def run_subprocess(cmd: list[str], what: str, env: dict | None = None, timeout: float | None = None) -> dict:
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT, env=env,
+                              timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"{what} timed out after {timeout:.0f}s"}
     result = parse_result(proc.stdout)
@@ -267,19 +270,28 @@ def worker_cmd(args, method: str) -> list[str]:
     return cmd + (["--compile"] if args.compile else [])
 
 
+def worker_env(args) -> dict:
+    """The environment of every method's process: the same intra-op thread count for all three."""
+    env = dict(os.environ)
+    if args.threads:
+        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    return env
+
+
 def ensure_trl_venv(venv: Path) -> tuple[Path | None, str | None]:
     """The TRL virtualenv's python, creating the venv on first use; or (None, reason)."""
     py = venv / "bin" / "python"
     check = [str(py), "-c", "import trl, datasets, torch"]
-    if py.exists() and subprocess.run(check, capture_output=True).returncode == 0:
+    if py.exists() and subprocess.run(check, check=False, capture_output=True).returncode == 0:
         return py, None
-    print(f"creating {venv.relative_to(ROOT)} (one-off: {', '.join(TRL_PINS)}; a few minutes) ...", flush=True)
+    print(f"creating {venv.relative_to(ROOT)} (one-off: {', '.join(TRL_PINS)}; a few minutes) ...",
+          flush=True)
     steps = [[sys.executable, "-m", "venv", str(venv)],
              [str(py), "-m", "pip", "install", "-q", TRL_PINS[0]],
              [str(py), "-m", "pip", "install", "-q", TRL_PINS[1], "datasets"],
              check]
     for cmd in steps:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
         if proc.returncode != 0:
             lines = [ln for ln in (proc.stderr + proc.stdout).splitlines()
                      if ln.strip() and not ln.startswith("WARNING: Location")]
@@ -299,7 +311,7 @@ def run_trl(args) -> dict:
     cmd = [str(py), str(ROOT / "bench" / "_trl_sft.py"), "--steps", str(args.steps), "--warmup",
            str(args.warmup), "--batch", str(args.batch), "--prompt-len", str(prompt_len), "--response-len",
            str(response_len), "--lr", str(args.lr), "--seed", str(args.seed)]
-    return run_subprocess(cmd, "trl")
+    return run_subprocess(cmd, "trl", env=worker_env(args))
 
 
 def machine_info(args) -> dict:
@@ -308,9 +320,11 @@ def machine_info(args) -> dict:
     import transformers
 
     info = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__,
-            "transformers": transformers.__version__, "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "cpu": _cpu_name(), "platform": platform.platform()}
+            "python": platform.python_version(), "torch": torch.__version__,
+            "lightning": lightning.__version__, "transformers": transformers.__version__,
+            "cpu_count": os.cpu_count(), "torch_threads": args.threads or torch.get_num_threads(),
+            "cpu": _cpu_name(),
+            "platform": platform.platform()}
     if args.device == "cuda":
         info["device_name"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
@@ -344,14 +358,16 @@ def check_vocab_override(cfg: dict) -> None:
         raise SystemExit(f"the gpt2-large shape needs model.overrides.vocab_size to replace the tokenizer's "
                          f"vocabulary size in feedback_lm.models.build_hf_config ({e})") from None
     if hf.vocab_size != cfg["overrides"]["vocab_size"]:
-        raise SystemExit(f"vocab_size override ignored: built {hf.vocab_size}, asked {cfg['overrides']['vocab_size']}")
+        raise SystemExit(f"vocab_size override ignored: built {hf.vocab_size}, "
+                         f"asked {cfg['overrides']['vocab_size']}")
 
 
 def print_table(results: dict, args, info: dict) -> None:
     w = workload(args)
     print(f"\nSFT throughput: {w['model']}, batch {w['batch']} x {w['tokens_per_sample']} tokens "
           f"({w['prompt_tokens']} prompt + {w['response_tokens']} response incl. EOS), {args.device} "
-          f"({info['device_name']}), {w['precision']}{', compiled' if w['compile'] else ''}; "
+          f"({info['device_name']}, {info['torch_threads']} threads), {w['precision']}"
+          f"{', compiled' if w['compile'] else ''}; "
           f"{args.steps} steps after {args.warmup} warmup")
     gpu = args.device == "cuda"
     head = f"{'method':<7} {'samples/s':>10} {'tokens/s':>11} {'step ms':>9} {'vs plain':>9}"
@@ -363,7 +379,8 @@ def print_table(results: dict, args, info: dict) -> None:
             print(f"{name:<7} {'unavailable' if 'unavailable' in r else 'failed'} ({why})")
             continue
         ratio = f"{r['samples_per_s'] / plain:9.3f}" if plain else f"{'-':>9}"
-        line = f"{name:<7} {r['samples_per_s']:10.1f} {r['tokens_per_s']:11.0f} {r['step_ms_median']:9.1f} {ratio}"
+        line = (f"{name:<7} {r['samples_per_s']:10.1f} {r['tokens_per_s']:11.0f} "
+                f"{r['step_ms_median']:9.1f} {ratio}")
         if gpu:
             line += f" {r['mfu']:6.1%}" if r.get("mfu") is not None else f" {'?':>6}"
         print(line)
@@ -390,6 +407,8 @@ def main(argv=None) -> None:
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="OMP/MKL threads of every method's process (default: torch's default, one per core)")
     p.add_argument("--worker", choices=["ours", "plain"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.batch is None:
@@ -415,7 +434,10 @@ def main(argv=None) -> None:
     results: dict[str, dict] = {}
     for method in which:
         print(f"running {method} ...", flush=True)
-        results[method] = run_trl(args) if method == "trl" else run_subprocess(worker_cmd(args, method), method)
+        if method == "trl":
+            results[method] = run_trl(args)
+        else:
+            results[method] = run_subprocess(worker_cmd(args, method), method, env=worker_env(args))
     peak = peak_flops(info["device_name"]) if args.device == "cuda" else None
     for r in results.values():
         if "tokens_per_s" in r and args.device == "cuda":

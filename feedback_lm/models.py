@@ -172,14 +172,17 @@ def build_hf_config(cfg: ModelConfig, tokenizer):
     """The HF config of a tiny preset, sized to the tokenizer's vocabulary."""
     from transformers import AutoConfig
 
-    spec = {**TINY_PRESETS[cfg.preset], **cfg.overrides}
+    spec = {"vocab_size": len(tokenizer), **TINY_PRESETS[cfg.preset], **cfg.overrides}
     model_type = spec.pop("model_type")
     ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
     if model_type == "t5":
         ids["decoder_start_token_id"] = tokenizer.pad_token_id  # T5 convention (spec §0.3)
     else:
         ids["bos_token_id"] = tokenizer.eos_token_id
-    hf_config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), **ids, **spec)
+    if spec["vocab_size"] < len(tokenizer):
+        raise UserError(f"model.overrides.vocab_size={spec['vocab_size']} is smaller than the tokenizer's "
+                        f"{len(tokenizer)} ids; use at least {len(tokenizer)}")
+    hf_config = AutoConfig.for_model(model_type, **ids, **spec)
     _apply_dropout(hf_config, 0.0 if cfg.dropout is None else cfg.dropout)
     return hf_config
 
