@@ -97,7 +97,7 @@ class TaskDataModule(L.LightningDataModule):
             # Held-out examples come from another seed stream; drop any that also occur in train so
             # accuracy measures generalisation, not memorisation.
             seen = {e.input for e in train}
-            val = [e for e in tasks.generate(self.task, 2 * self.num_val + 20, seed=self.seed + 10_007,
+            val = [e for e in tasks.generate(self.task, 10 * self.num_val + 20, seed=self.seed + 10_007,
                                              **self.difficulty) if e.input not in seen][: self.num_val]
             self.train_rows, self.val_rows = example_rows(train, self.template), example_rows(val, self.template)
         elif self.source == "bbh":
