@@ -43,6 +43,7 @@ def fails_clearly(proc: subprocess.CompletedProcess, *needles: str) -> str:
 def test_cli_contract_and_resume(tmp_path, model):
     run = tmp_path / "run"
     ok(train("algo=sft", f"model={model}", "data=word_sorting", "trainer.max_steps=4", "seed=3",
+             "trainer.log_every_n_steps=1",
              "checkpoint_every_n_steps=2", f"hydra.run.dir={run}", *QUICK, cwd=tmp_path))
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["trainer/global_step"] == 4
