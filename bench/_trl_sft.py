@@ -21,28 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
-import string
 import sys
 import tempfile
 import time
 import warnings
 
-
-def make_rows(n: int, prompt_len: int, response_len: int, seed: int) -> list[dict[str, str]]:
-    # Must match bench_sft.make_rows (same generator, same order of draws).
-    rng = random.Random(seed)
-    alphabet = string.ascii_lowercase + " "
-    rows = []
-    for _ in range(n):
-        prompt = "".join(rng.choice(alphabet) for _ in range(prompt_len))
-        # The response ends in a letter: TRL appends EOS as text ("</s>"), and that token's lstrip would
-        # eat a space before it, making the sample one token shorter.
-        response = "".join(rng.choice(alphabet) for _ in range(response_len - 1))
-        response += rng.choice(string.ascii_lowercase)
-        rows.append({"prompt": prompt, "response": response})
-    return rows
+# The same rows as ours/plain: one generator, imported (bench_sft.py imports only the stdlib at top
+# level, so this works inside the TRL virtualenv; this script's folder is on sys.path).
+from bench_sft import make_rows
 
 
 def main() -> None:
