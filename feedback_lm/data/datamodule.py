@@ -13,6 +13,7 @@ A batch is ``{"prompt": [str], "response": [str], "target": [str]}``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -134,3 +135,126 @@ class TaskDataModule(L.LightningDataModule):
 def _jsonl_row(row: dict[str, Any]) -> dict[str, str]:
     target = row.get("target", row["response"])
     return {"prompt": row["prompt"], "response": row["response"], "target": str(target)}
+
+
+# ------------------------------------------------------------------------------------- comparisons
+COMPARISON_SOURCES = ("generated", "jsonl", "hh_rlhf")
+
+
+def corrupt_answer(task: str, example: tasks.Example, rng) -> str:
+    """A plausible wrong answer to ``example``: another option letter, a nearby number, or the words
+    in another order (or one word dropped). Used to make graded comparisons without any model."""
+    target = example.target
+    letters = re.findall(r"^\(([A-Z])\)", example.input, flags=re.M)
+    if re.fullmatch(r"\([A-Z]\)", target) and len(letters) > 1:
+        return "(" + rng.choice([x for x in letters if f"({x})" != target]) + ")"
+    if target.isdigit():
+        return str(max(0, int(target) + rng.choice([-3, -2, -1, 1, 2, 3])))
+    words = target.split()
+    if len(words) > 1 and rng.random() < 0.8:
+        shuffled = words[:]
+        while shuffled == words:
+            rng.shuffle(shuffled)
+        return " ".join(shuffled)
+    if len(words) > 1:
+        drop = rng.randrange(len(words))
+        return " ".join(w for i, w in enumerate(words) if i != drop)
+    return target[::-1] + "x"
+
+
+def generated_comparisons(task: str, n: int, k: int, seed: int, template: str,
+                          difficulty: dict[str, Any] | None = None) -> list:
+    """``n`` comparisons of the gold answer and ``k-1`` corruptions, ranked by the task's graded score
+    (ties grouped), so a reward model can be trained and checked with no labels and no model."""
+    import random
+
+    from feedback_lm.data.comparisons import Comparison
+
+    rng = random.Random(seed)
+    out = []
+    for e in tasks.generate(task, n, seed=seed, **(difficulty or {})):
+        answers = [e.target] + [corrupt_answer(task, e, rng) for _ in range(k - 1)]
+        answers = list(dict.fromkeys(answers))  # distinct responses only
+        if len(answers) < 2:
+            continue
+        rng.shuffle(answers)
+        scores = [tasks.score(task, a, e.target) for a in answers]
+        levels = sorted(set(scores), reverse=True)
+        tiers = [[i for i, s in enumerate(scores) if s == level] for level in levels]
+        if len(tiers) < 2:
+            continue
+        out.append(Comparison(prompt=tasks.format_prompt(e, template), responses=[" " + a for a in answers],
+                              tiers=tiers, meta={"target": e.target, "scores": scores}))
+    return out
+
+
+class ComparisonDataModule(L.LightningDataModule):
+    """Comparisons for reward models: each batch is a list of :class:`Comparison` (one prompt with all
+    its K responses and their ranking).
+
+    Args:
+        source: ``generated`` (gold answer vs corruptions of a generated task, ranked by the verifier),
+            ``jsonl`` (comparison JSONL: best-of-K, rankings with ties, or chosen/rejected), ``hh_rlhf``
+            (Anthropic HH-RLHF jsonl[.gz]).
+        task, difficulty, template: the generated task (also gives ``demos`` for InstructGPT's bias).
+        path: the JSONL / HH-RLHF file. val_path: a separate held-out file (else ``val_fraction``).
+        num_train, num_val: generated comparisons (caps for files: ``num_train`` <= 0 means all).
+        k: responses per generated comparison.
+        batch_size: prompts per batch (InstructGPT counts prompts, not pairs).
+    """
+
+    def __init__(self, source: str = "generated", task: str = "word_sorting",
+                 difficulty: dict[str, Any] | None = None, template: str = "Q: {input}\nA:",
+                 path: str | None = None, val_path: str | None = None, num_train: int = 4000,
+                 num_val: int = 200, k: int = 4, batch_size: int = 32, eval_batch_size: int = 64,
+                 val_fraction: float = 0.2, seed: int = 0, num_workers: int = 0):
+        super().__init__()
+        if source not in COMPARISON_SOURCES:
+            raise UserError(f"unknown data.source '{source}' for comparisons; choose one of {list(COMPARISON_SOURCES)}")
+        if source != "generated" and not path:
+            raise UserError(f"data.source={source} needs a file: set data.path=/path/to/file")
+        self.source, self.task, self.difficulty, self.template = source, task, dict(difficulty or {}), template
+        self.path, self.val_path, self.num_train, self.num_val, self.k = path, val_path, num_train, num_val, k
+        self.batch_size, self.eval_batch_size, self.val_fraction = batch_size, eval_batch_size, val_fraction
+        self.seed, self.num_workers = seed, num_workers
+        self.train_rows: list | None = None
+        self.val_rows: list | None = None
+        self.demos: list[tuple[str, str]] = []
+
+    @property
+    def prompts(self) -> list[str]:
+        """Training prompts (the query distribution for Ziegler's normalisation samples)."""
+        return [c.prompt for c in self.train_rows or []]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_rows is not None:
+            return
+        from feedback_lm.data import comparisons
+
+        if self.source == "generated":
+            train = generated_comparisons(self.task, self.num_train, self.k, self.seed, self.template, self.difficulty)
+            seen = {c.prompt for c in train}
+            val = [c for c in generated_comparisons(self.task, 4 * self.num_val + 20, self.k, self.seed + 10_007,
+                                                    self.template, self.difficulty) if c.prompt not in seen]
+            self.demos = [(c.prompt, " " + c.meta["target"]) for c in train]
+        else:
+            load = comparisons.load_comparisons if self.source == "jsonl" else comparisons.load_hh_rlhf
+            rows = load(self.path)
+            if self.val_path:
+                train, val = rows, load(self.val_path)
+            else:
+                train, val = comparisons.split_comparisons(rows, self.val_fraction, self.seed)
+            if self.num_train > 0:
+                train = train[: self.num_train]
+        self.train_rows, self.val_rows = train, val[: self.num_val]
+        if not self.train_rows:
+            raise UserError(f"no training comparisons from data.source={self.source} (path={self.path})")
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(TextDataset(self.train_rows), batch_size=self.batch_size, shuffle=True,
+                          collate_fn=list, num_workers=self.num_workers,
+                          drop_last=len(self.train_rows) >= self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(TextDataset(self.val_rows), batch_size=self.eval_batch_size, shuffle=False,
+                          collate_fn=list, num_workers=self.num_workers)

@@ -39,7 +39,7 @@ def test_model_config_rejects_unknown_keys():
         ModelConfig.coerce({"preset": "tiny-llama"})
 
 
-@pytest.mark.parametrize("data", [d for d in options("data") if d not in ("jsonl", "bbh")])
+@pytest.mark.parametrize("data", [d for d in options("data") if d not in ("jsonl", "bbh", "comparisons")])
 def test_generated_data_builds(data, tmp_path):
     cfg = compose([f"data={data}", f"run_dir={tmp_path}", "data.num_train=16", "data.num_val=4"])
     dm = instantiate(cfg.data, _convert_="all")
@@ -78,3 +78,21 @@ def test_refuse_multirun_with_spawned_ddp_only_in_multirun(tmp_path):
 
     cfg = compose(["trainer=ddp", f"run_dir={tmp_path}"])
     refuse_multirun_with_spawned_ddp(cfg)  # not a multirun: nothing to refuse
+
+
+def test_comparison_data_builds(tmp_path):
+    cfg = compose(["algo=reward_model", "data=comparisons", f"run_dir={tmp_path}", "data.num_train=20", "data.num_val=4"])
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert all(len(c.responses) >= 2 and c.pairs() for c in batch)
+    assert dm.demos and dm.prompts and not {c.prompt for c in dm.val_rows} & set(dm.prompts)
+
+
+def test_hh_rlhf_comparisons_build(shared_data, tmp_path):
+    path = shared_data / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
+    cfg = compose(["algo=reward_model", "data=comparisons", "data.source=hh_rlhf", f"data.path={path}",
+                   f"run_dir={tmp_path}", "data.num_train=0", "data.num_val=1000"])
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.setup("fit")
+    assert len(dm.train_rows) + len(dm.val_rows) == 2308 and len(dm.val_rows) > 400
