@@ -1,0 +1,418 @@
+"""The label store: items, labelers, leases and labels of one campaign, in SQLite or PostgreSQL.
+
+Assignment rules (issue 7 §4), each enforced in a serialized transaction and backed by a unique index
+(see :mod:`feedback_lm.label.db`):
+
+* An item has ``overlap`` *slots*; a lease holds one slot for ``lease_seconds``. Two people never
+  hold the same slot, and one person never gets a second slot of an item they hold or labeled.
+  Gold items have no slots: every labeler gets each gold item once.
+* A lease that runs out is marked expired the next time anyone asks for work, and its slot returns
+  to the pool. Saving a draft renews the lease.
+* :meth:`Store.next_item` gives a person their current lease back if they hold one (a page refresh
+  gets the same item, with the saved draft), else the lowest-numbered item with a free slot.
+* :meth:`Store.submit` stores exactly one label per idempotency key: a retried or double-clicked
+  submit returns the first label. A label whose lease had expired is kept with ``late=True``; if its
+  slot was taken meanwhile it keeps no slot (the item then simply has one extra label).
+
+Online use from a training loop (issue 7 §6), e.g. a PPO callback::
+
+    store = Store.open(url_or_campaign_dir)
+    store.enqueue(prompt, responses, meta={"policy": "step-1200", "sampling": {...}, "seed": 3})
+    ...
+    comparisons = store.export_labeled()          # everything labeled so far, as Comparison objects
+    store.export_labeled("labels.jsonl")          # or written as the JSONL that algo=reward_model reads
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from feedback_lm.data.comparisons import Comparison, write_comparisons
+from feedback_lm.errors import UserError
+from feedback_lm.label.config import CampaignConfig, LabelError, validate_label
+from feedback_lm.label.db import Database
+
+__all__ = ["Assignment", "Conflict", "NotFound", "Store", "SubmitResult", "hash_token", "open_campaign"]
+
+CAMPAIGN_FILE = "campaign.json"
+SQLITE_FILE = "labels.sqlite"
+MAX_DRAFT_CHARS = 20_000
+
+
+class NotFound(UserError):
+    """The assignment or item does not exist or belongs to someone else (HTTP 404)."""
+
+
+class Conflict(UserError):
+    """The request clashes with what is stored, e.g. a second label for one item (HTTP 409)."""
+
+
+@dataclass
+class Assignment:
+    """One person's lease on one item, as the labeling page shows it."""
+
+    id: int
+    item_id: int
+    prompt: str
+    responses: list[str]
+    display_order: list[int]
+    expires_at: float
+    draft: dict | None
+    gold: bool
+
+
+@dataclass
+class SubmitResult:
+    """What :meth:`Store.submit` stored (or had already stored, ``duplicate=True``)."""
+
+    label_id: int
+    duplicate: bool
+    late: bool
+
+
+def hash_token(token: str) -> str:
+    """SHA-256 of a sign-in token; only this is stored (tokens are 192 random bits, so no salt/KDF)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class Store:
+    """One campaign in a label database.
+
+    Args:
+        db: the database (see :class:`Database`); the schema is created if missing.
+        campaign: the campaign's name.
+        clock: returns the time in Unix seconds (tests pass a fake one to expire leases).
+
+    Raises:
+        UserError: no campaign of that name in the database.
+    """
+
+    def __init__(self, db: Database | str, campaign: str, clock: Callable[[], float] = time.time):
+        self.db = db if isinstance(db, Database) else Database(db)
+        self.clock = clock
+        self.db.create_schema()
+        with self.db.transaction(write=False) as cur:
+            row = cur.execute("SELECT id, config FROM campaigns WHERE name = ?", (campaign,)).one()
+        if row is None:
+            raise UserError(f"no campaign named {campaign!r} in {self.db!r}; create it with "
+                            f"python -m feedback_lm.label create")
+        self.name, self.campaign_id = campaign, row["id"]
+        self.config = CampaignConfig.from_dict(json.loads(row["config"]))
+
+    # ---------------------------------------------------------------------------- set up
+    @classmethod
+    def create(cls, db: Database | str, campaign: str, config: CampaignConfig,
+               clock: Callable[[], float] = time.time) -> Store:
+        """Add a new campaign to the database and return its store.
+
+        Raises:
+            UserError: a campaign of that name exists already.
+        """
+        db = db if isinstance(db, Database) else Database(db)
+        db.create_schema()
+        with db.transaction() as cur:
+            if cur.execute("SELECT 1 FROM campaigns WHERE name = ?", (campaign,)).one():
+                raise UserError(f"a campaign named {campaign!r} exists already in {db!r}; pick another --name")
+            cur.execute("INSERT INTO campaigns (name, config, created_at) VALUES (?, ?, ?)",
+                        (campaign, json.dumps(config.to_dict()), clock()))
+        return cls(db, campaign, clock)
+
+    @classmethod
+    def open(cls, campaign_dir: str | os.PathLike, db: str | None = None,
+             clock: Callable[[], float] = time.time) -> Store:
+        """The store of a campaign directory (made by ``create``); ``db`` overrides its database URL."""
+        return open_campaign(campaign_dir, db, clock)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def add_labeler(self, name: str) -> str:
+        """Register a person and return their sign-in token. Only its hash is stored: show it once.
+
+        Raises:
+            UserError: the name is empty or taken.
+        """
+        if not isinstance(name, str) or not name.strip() or len(name) > 100:
+            raise UserError(f"a labeler name must be 1-100 characters, got {name!r}")
+        token = secrets.token_urlsafe(24)
+        with self.db.transaction() as cur:
+            if cur.execute("SELECT 1 FROM labelers WHERE name = ?", (name,)).one():
+                raise UserError(f"a labeler named {name!r} exists already; pick another name")
+            cur.execute("INSERT INTO labelers (name, token_hash, created_at) VALUES (?, ?, ?)",
+                        (name, hash_token(token), self.clock()))
+        return token
+
+    def labeler_for_token(self, token: str) -> tuple[int, str] | None:
+        """``(id, name)`` of the person with this token, or None."""
+        if not token:
+            return None
+        with self.db.transaction(write=False) as cur:
+            row = cur.execute("SELECT id, name FROM labelers WHERE token_hash = ?", (hash_token(token),)).one()
+        return (row["id"], row["name"]) if row else None
+
+    def add_items(self, items: Iterable[dict], source: str = "campaign") -> list[int]:
+        """Add items ``{"prompt", "responses", "meta"?, "gold"?}``; ``gold`` is the known ranking as tiers.
+
+        Raises:
+            UserError: an item has a non-string prompt, fewer than 2 responses, or a gold ranking that is
+                not a partition of its response indices into >= 2 tiers.
+        """
+        rows = []
+        for n, item in enumerate(items):
+            prompt, responses = item.get("prompt"), item.get("responses")
+            meta, gold = item.get("meta") or {}, item.get("gold")
+            _check_item(n, prompt, responses, meta, gold)
+            rows.append((prompt, json.dumps(responses), json.dumps(meta),
+                         None if gold is None else json.dumps(gold)))
+        now, ids = self.clock(), []
+        with self.db.transaction() as cur:
+            for prompt, responses, meta, gold in rows:
+                ids.append(cur.execute(
+                    "INSERT INTO items (campaign_id, prompt, responses, meta, gold, source, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    (self.campaign_id, prompt, responses, meta, gold, source, now)).one()["id"])
+        return ids
+
+    def enqueue(self, prompt: str, responses: list[str], meta: dict | None = None) -> int:
+        """Queue one new item for labeling while training runs (online mode); returns its id.
+
+        ``meta`` should record where the responses came from (policy checkpoint or step, sampling
+        settings, seed): it is copied into every exported row's ``meta``.
+        """
+        return self.add_items([{"prompt": prompt, "responses": list(responses), "meta": dict(meta or {})}],
+                              source="online")[0]
+
+    # ---------------------------------------------------------------------------- labeling
+    def next_item(self, labeler_id: int) -> Assignment | None:
+        """The person's current lease, else a new lease on the next free slot; None when nothing is left."""
+        now = self.clock()
+        with self.db.transaction() as cur:
+            self._expire(cur, now)
+            row = cur.execute(
+                "SELECT a.id FROM assignments a JOIN items i ON i.id = a.item_id "
+                "WHERE a.labeler_id = ? AND a.state = 'active' AND i.campaign_id = ? ORDER BY a.id LIMIT 1",
+                (labeler_id, self.campaign_id)).one()
+            if row is not None:
+                return self._assignment(cur, row["id"])
+            item = cur.execute(
+                "SELECT i.id, i.gold, i.responses FROM items i WHERE i.campaign_id = ? "
+                "AND NOT EXISTS (SELECT 1 FROM assignments a WHERE a.item_id = i.id AND a.labeler_id = ? "
+                "                AND a.state <> 'expired') "
+                "AND (i.gold IS NOT NULL OR (SELECT COUNT(*) FROM assignments a WHERE a.item_id = i.id "
+                "     AND a.state <> 'expired' AND a.slot IS NOT NULL) < ?) "
+                "ORDER BY i.id LIMIT 1",
+                (self.campaign_id, labeler_id, self.config.overlap)).one()
+            if item is None:
+                return None
+            slot = None
+            if item["gold"] is None:
+                taken = {r["slot"] for r in cur.execute(
+                    "SELECT slot FROM assignments WHERE item_id = ? AND state <> 'expired' AND slot IS NOT NULL",
+                    (item["id"],)).all()}
+                slot = min(set(range(self.config.overlap)) - taken)
+            expires = now + self.config.lease_seconds
+            old = cur.execute("SELECT id FROM assignments WHERE item_id = ? AND labeler_id = ?",
+                              (item["id"], labeler_id)).one()
+            if old is not None:  # their own expired lease on this item: renew it, draft included
+                cur.execute("UPDATE assignments SET state = 'active', slot = ?, leased_at = ?, expires_at = ? "
+                            "WHERE id = ?", (slot, now, expires, old["id"]))
+                assignment_id = old["id"]
+            else:
+                order = list(range(len(json.loads(item["responses"]))))
+                # Shuffled per person and item (position bias), reproducibly.
+                random.Random(f"{item['id']}:{labeler_id}").shuffle(order)
+                assignment_id = cur.execute(
+                    "INSERT INTO assignments (item_id, labeler_id, slot, state, leased_at, expires_at, "
+                    "display_order) VALUES (?, ?, ?, 'active', ?, ?, ?) RETURNING id",
+                    (item["id"], labeler_id, slot, now, expires, json.dumps(order))).one()["id"]
+            return self._assignment(cur, assignment_id)
+
+    def save_draft(self, labeler_id: int, assignment_id: int, draft: dict) -> float:
+        """Store the unsaved choice of an active lease (restored on refresh) and renew the lease.
+
+        Returns:
+            The new expiry time.
+
+        Raises:
+            LabelError: the draft is not a JSON object or is too large.
+            NotFound: no such assignment of this person. Conflict: the lease is no longer active.
+        """
+        if not isinstance(draft, dict):
+            raise LabelError("a draft must be a JSON object")
+        text = json.dumps(draft)
+        if len(text) > MAX_DRAFT_CHARS:
+            raise LabelError(f"a draft may have at most {MAX_DRAFT_CHARS} characters of JSON, got {len(text)}")
+        now = self.clock()
+        with self.db.transaction() as cur:
+            self._expire(cur, now)
+            row = self._own(cur, labeler_id, assignment_id)
+            if row["state"] != "active":
+                raise Conflict(f"assignment {assignment_id} is {row['state']}, so its draft cannot change; "
+                               f"submit it (a late label is kept) or ask for the next item")
+            expires = now + self.config.lease_seconds
+            cur.execute("UPDATE assignments SET draft = ?, expires_at = ? WHERE id = ?", (text, expires, assignment_id))
+        return expires
+
+    def submit(self, labeler_id: int, assignment_id: int, payload: dict) -> SubmitResult:
+        """Store one label (checked by :func:`~feedback_lm.label.config.validate_label`).
+
+        Raises:
+            LabelError: bad label (nothing is stored). NotFound: not this person's assignment.
+            Conflict: the person already labeled this item under another idempotency key, or the key
+                was used for another item.
+        """
+        now = self.clock()
+        with self.db.transaction() as cur:
+            key = payload.get("idempotency_key") if isinstance(payload, dict) else None
+            if isinstance(key, str):
+                seen = cur.execute("SELECT id, assignment_id, late FROM labels WHERE labeler_id = ? "
+                                   "AND idempotency_key = ?", (labeler_id, key)).one()
+                if seen is not None:
+                    if seen["assignment_id"] != assignment_id:
+                        raise Conflict(f"idempotency_key {key!r} was already used for assignment "
+                                       f"{seen['assignment_id']}; use a new key for each assignment")
+                    return SubmitResult(seen["id"], duplicate=True, late=bool(seen["late"]))
+            row = self._own(cur, labeler_id, assignment_id)
+            if row["state"] == "done":
+                raise Conflict(f"you already labeled item {row['item_id']} (assignment {assignment_id}); "
+                               f"one label per person and item")
+            label = validate_label(payload, len(json.loads(row["responses"])), self.config)
+            late = row["state"] == "expired" or now > row["expires_at"]
+            slot = row["slot"]
+            if late and slot is not None and cur.execute(
+                    "SELECT 1 FROM assignments WHERE item_id = ? AND slot = ? AND state <> 'expired' AND id <> ?",
+                    (row["item_id"], slot, assignment_id)).one():
+                slot = None  # someone else holds the slot now; this label is an extra one
+            cur.execute("UPDATE assignments SET state = 'done', slot = ?, draft = NULL WHERE id = ?",
+                        (slot, assignment_id))
+            label_id = cur.execute(
+                "INSERT INTO labels (assignment_id, item_id, labeler_id, idempotency_key, tiers, best, likert, "
+                "flags, seconds, late, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (assignment_id, row["item_id"], labeler_id, label.idempotency_key, json.dumps(label.tiers),
+                 label.best, None if label.likert is None else json.dumps(label.likert), json.dumps(label.flags),
+                 max(0.0, now - row["leased_at"]), int(late), now)).one()["id"]
+        return SubmitResult(label_id, duplicate=False, late=late)
+
+    # ---------------------------------------------------------------------------- reading
+    def labeled_rows(self) -> list[dict]:
+        """Every label of the campaign joined with its item, assignment and labeler, oldest first."""
+        with self.db.transaction(write=False) as cur:
+            rows = cur.execute(
+                "SELECT l.id, l.item_id, l.tiers, l.best, l.likert, l.flags, l.seconds, l.late, l.created_at, "
+                "i.prompt, i.responses, i.meta, i.gold, i.source, a.display_order, a.slot, p.name AS labeler "
+                "FROM labels l JOIN items i ON i.id = l.item_id JOIN assignments a ON a.id = l.assignment_id "
+                "JOIN labelers p ON p.id = l.labeler_id WHERE i.campaign_id = ? ORDER BY l.id",
+                (self.campaign_id,)).all()
+        out = []
+        for r in rows:
+            row = dict(r)
+            for key in ("tiers", "likert", "flags", "responses", "meta", "gold", "display_order"):
+                row[key] = None if row[key] is None else json.loads(row[key])
+            row["late"] = bool(row["late"])
+            out.append(row)
+        return out
+
+    def export_labeled(self, path: str | os.PathLike | None = None, include_gold: bool = True) -> list[Comparison]:
+        """All labels so far as comparisons (one per label; rankings that tie everything are left out).
+
+        Each row's ``meta`` holds the item's own meta (policy, sampling, seed, ...) plus ``labeler``,
+        ``seconds`` (lease to submit), ``likert``, ``flags``, ``display_order`` (response indices in the
+        order shown), ``late``, ``item``, ``campaign``, ``labeled_at`` (UTC, ISO 8601) and, for gold
+        items, ``gold`` (the known ranking). Written with :func:`write_comparisons` when ``path`` is given.
+        """
+        comparisons = []
+        for row in self.labeled_rows():
+            if len(row["tiers"]) < 2 or (row["gold"] is not None and not include_gold):
+                continue
+            meta = {**row["meta"], "labeler": row["labeler"], "seconds": round(row["seconds"], 3),
+                    "likert": row["likert"], "flags": row["flags"], "display_order": row["display_order"],
+                    "late": row["late"], "item": row["item_id"], "campaign": self.name,
+                    "labeled_at": datetime.fromtimestamp(row["created_at"], timezone.utc).isoformat()}
+            if row["gold"] is not None:
+                meta["gold"] = row["gold"]
+            comparisons.append(Comparison(prompt=row["prompt"], responses=row["responses"], tiers=row["tiers"],
+                                          best=row["best"], meta=meta))
+        if path is not None:
+            write_comparisons(path, comparisons)
+        return comparisons
+
+    def counts(self) -> dict:
+        """Campaign progress: items, gold items, labels, live leases, items with all slots labeled."""
+        with self.db.transaction(write=False) as cur:
+            q = lambda sql: cur.execute(sql, (self.campaign_id,)).one()["n"]  # noqa: E731
+            return {
+                "items": q("SELECT COUNT(*) AS n FROM items WHERE campaign_id = ?"),
+                "gold_items": q("SELECT COUNT(*) AS n FROM items WHERE campaign_id = ? AND gold IS NOT NULL"),
+                "labels": q("SELECT COUNT(*) AS n FROM labels l JOIN items i ON i.id = l.item_id "
+                            "WHERE i.campaign_id = ?"),
+                "active_leases": q("SELECT COUNT(*) AS n FROM assignments a JOIN items i ON i.id = a.item_id "
+                                   "WHERE i.campaign_id = ? AND a.state = 'active'"),
+                "items_complete": q(f"SELECT COUNT(*) AS n FROM items i WHERE i.campaign_id = ? AND i.gold IS NULL "
+                                    f"AND (SELECT COUNT(*) FROM labels l WHERE l.item_id = i.id) "
+                                    f">= {int(self.config.overlap)}"),
+            }
+
+    # ---------------------------------------------------------------------------- helpers
+    def _expire(self, cur, now: float) -> None:
+        cur.execute("UPDATE assignments SET state = 'expired' WHERE state = 'active' AND expires_at < ?", (now,))
+
+    def _own(self, cur, labeler_id: int, assignment_id: int):
+        row = cur.execute(
+            "SELECT a.*, i.responses FROM assignments a JOIN items i ON i.id = a.item_id "
+            "WHERE a.id = ? AND a.labeler_id = ? AND i.campaign_id = ?",
+            (assignment_id, labeler_id, self.campaign_id)).one()
+        if row is None:
+            raise NotFound(f"no assignment {assignment_id} of yours in campaign {self.name!r}")
+        return row
+
+    def _assignment(self, cur, assignment_id: int) -> Assignment:
+        r = cur.execute("SELECT a.id, a.item_id, a.display_order, a.expires_at, a.draft, i.prompt, i.responses, "
+                        "i.gold FROM assignments a JOIN items i ON i.id = a.item_id WHERE a.id = ?",
+                        (assignment_id,)).one()
+        return Assignment(id=r["id"], item_id=r["item_id"], prompt=r["prompt"], responses=json.loads(r["responses"]),
+                          display_order=json.loads(r["display_order"]), expires_at=r["expires_at"],
+                          draft=json.loads(r["draft"]) if r["draft"] else None, gold=r["gold"] is not None)
+
+
+def _check_item(n: int, prompt, responses, meta, gold) -> None:
+    where = f"item {n}"
+    if not isinstance(prompt, str):
+        raise UserError(f"{where}: the prompt must be a string, got {type(prompt).__name__}")
+    if not isinstance(responses, list) or len(responses) < 2 or not all(isinstance(r, str) for r in responses):
+        raise UserError(f"{where}: responses must be a list of at least 2 strings, got {responses!r:.80}")
+    if not isinstance(meta, dict):
+        raise UserError(f"{where}: meta must be a JSON object, got {type(meta).__name__}")
+    if gold is not None:
+        flat = sorted(i for t in gold for i in t) if isinstance(gold, list) and all(
+            isinstance(t, list) and t and all(type(i) is int for i in t) for t in gold) else None
+        if flat != list(range(len(responses))) or len(gold) < 2:
+            raise UserError(f"{where}: the gold answer must rank all {len(responses)} responses in >= 2 tiers "
+                            f"(e.g. [[1], [0, 2]]), got {gold!r}")
+
+
+def open_campaign(campaign_dir: str | os.PathLike, db: str | None = None,
+                  clock: Callable[[], float] = time.time) -> Store:
+    """Open the store of a campaign directory written by ``python -m feedback_lm.label create``.
+
+    The database is, in order: ``db``, the ``FEEDBACK_LM_LABEL_DB`` environment variable, the URL in
+    ``campaign.json``, else the directory's ``labels.sqlite``.
+
+    Raises:
+        UserError: the directory has no ``campaign.json``.
+    """
+    path = Path(campaign_dir) / CAMPAIGN_FILE
+    if not path.is_file():
+        raise UserError(f"{campaign_dir} is not a campaign directory (no {CAMPAIGN_FILE}); "
+                        f"make one with python -m feedback_lm.label create {campaign_dir} ...")
+    info = json.loads(path.read_text())
+    url = db or os.environ.get("FEEDBACK_LM_LABEL_DB") or info.get("db") or str(Path(campaign_dir) / SQLITE_FILE)
+    return Store(url, info["name"], clock)
