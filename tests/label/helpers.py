@@ -61,3 +61,74 @@ def rank_label(key: str, ranking=None, likert=None, flags=None) -> dict:
     return {"idempotency_key": key, "ranking": ranking if ranking is not None else [2, [0, 3], 1],
             "likert": likert if likert is not None else [4, 2, 7, 4],
             "flags": flags if flags is not None else [[], ["harmful"], [], []]}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``python -m feedback_lm.label serve DIR`` in a subprocess on a free port (a real uvicorn)."""
+
+    def __init__(self, campaign_dir, port: int | None = None):
+        self.dir, self.port = str(campaign_dir), port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self, timeout: float = 60.0) -> Server:
+        import subprocess
+        import sys
+        import time
+
+        import httpx
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "feedback_lm.label", "serve", self.dir, "--port",
+                                      str(self.port), "--log-level", "warning"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stdout.read().decode(errors='replace')}")
+            try:
+                if httpx.get(self.url + "/api/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server did not answer on {self.url} within {timeout} s")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown handler, no flush; what was acknowledged must already be on disk."""
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+        self.proc.stdout.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except Exception:  # noqa: BLE001 - it must not outlive the test
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        if self.proc is not None and not self.proc.stdout.closed:
+            self.proc.stdout.close()
+
+
+def make_campaign(directory, n_items: int = 3, extra_items: list[dict] | None = None, **config) -> None:
+    """A campaign directory over ``items(n_items)`` (plus ``extra_items``) in its own SQLite file."""
+    import json
+    from pathlib import Path
+
+    from feedback_lm.label.store import CAMPAIGN_FILE, SQLITE_FILE
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    store = Store.create(str(directory / SQLITE_FILE), "demo", CampaignConfig(**config))
+    store.add_items(items(n_items) + list(extra_items or []))
+    store.close()
+    (directory / CAMPAIGN_FILE).write_text(json.dumps({"name": "demo", "db": None}))

@@ -1,0 +1,40 @@
+"""A real uvicorn server in a subprocess: an acknowledged label survives ``kill -9`` and a restart."""
+
+from __future__ import annotations
+
+import pytest
+
+httpx = pytest.importorskip("httpx", reason="the test extra is not installed: pip install '.[test]'")
+pytest.importorskip("uvicorn", reason="the label extra is not installed: pip install '.[label]'")
+
+from feedback_lm.label.store import open_campaign  # noqa: E402
+from tests.label.helpers import Server, make_campaign, rank_label  # noqa: E402
+
+
+def test_acknowledged_label_survives_kill_9(tmp_path):
+    make_campaign(tmp_path / "c", n_items=2, mode="rank", likert=True, flags=["harmful"])
+    store = open_campaign(tmp_path / "c")
+    token = store.add_labeler("ada")
+    store.close()
+    headers = {"Authorization": f"Bearer {token}"}
+    body = rank_label("ada-kill-0001", flags=[[], ["harmful"], [], []])
+
+    server = Server(tmp_path / "c").start()
+    try:
+        item = httpx.post(server.url + "/api/next", headers=headers).json()
+        ack = httpx.post(f"{server.url}/api/assignments/{item['assignment_id']}/label", headers=headers, json=body)
+        assert ack.status_code == 200 and not ack.json()["duplicate"]
+    finally:
+        server.kill()  # right after the acknowledgement
+
+    server = Server(tmp_path / "c", port=server.port).start()
+    try:
+        again = httpx.post(f"{server.url}/api/assignments/{item['assignment_id']}/label", headers=headers, json=body)
+        assert again.json() == {**ack.json(), "duplicate": True}  # the retry finds the stored label
+        assert httpx.post(server.url + "/api/next", headers=headers).json()["item_id"] != item["item_id"]
+    finally:
+        server.stop()
+    store = open_campaign(tmp_path / "c")
+    (row,) = store.export_labeled()
+    assert row.tiers == [[2], [0, 3], [1]] and row.meta["flags"] == [[], ["harmful"], [], []]
+    store.close()
