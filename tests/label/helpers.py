@@ -119,8 +119,8 @@ class Server:
             self.proc.stdout.close()
 
 
-def make_campaign(directory, n_items: int = 3, extra_items: list[dict] | None = None, **config) -> None:
-    """A campaign directory over ``items(n_items)`` (plus ``extra_items``) in its own SQLite file."""
+def make_campaign(directory, item_list: list[dict], **config) -> None:
+    """A campaign directory named ``demo`` over ``item_list`` in its own SQLite file."""
     import json
     from pathlib import Path
 
@@ -129,6 +129,6 @@ def make_campaign(directory, n_items: int = 3, extra_items: list[dict] | None = 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     store = Store.create(str(directory / SQLITE_FILE), "demo", CampaignConfig(**config))
-    store.add_items(items(n_items) + list(extra_items or []))
+    store.add_items(item_list)
     store.close()
     (directory / CAMPAIGN_FILE).write_text(json.dumps({"name": "demo", "db": None}))

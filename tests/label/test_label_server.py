@@ -8,11 +8,11 @@ httpx = pytest.importorskip("httpx", reason="the test extra is not installed: pi
 pytest.importorskip("uvicorn", reason="the label extra is not installed: pip install '.[label]'")
 
 from feedback_lm.label.store import open_campaign  # noqa: E402
-from tests.label.helpers import Server, make_campaign, rank_label  # noqa: E402
+from tests.label.helpers import Server, items, make_campaign, rank_label  # noqa: E402
 
 
 def test_acknowledged_label_survives_kill_9(tmp_path):
-    make_campaign(tmp_path / "c", n_items=2, mode="rank", likert=True, flags=["harmful"])
+    make_campaign(tmp_path / "c", items(2), mode="rank", likert=True, flags=["harmful"])
     store = open_campaign(tmp_path / "c")
     token = store.add_labeler("ada")
     store.close()

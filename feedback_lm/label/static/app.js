@@ -162,6 +162,17 @@ function render() {
   });
   $("responses").replaceChildren(...cards);
   $("submit").disabled = state.submitting || !complete();
+  $("hint").textContent = complete() ? "" : "To submit: " + missing().join(" and ") + ".";
+}
+
+function missing() {
+  const { item, draft, campaign } = state;
+  const indices = item.responses.map((r) => r.index);
+  const out = [];
+  if (campaign.mode === "best" && draft.best === null) out.push("pick the best response");
+  if (campaign.mode === "rank" && !indices.every((i) => draft.ranks[i] !== undefined)) out.push("rank every response");
+  if (campaign.likert && !indices.every((i) => draft.likert[i] !== undefined)) out.push("rate every response");
+  return out;
 }
 
 function toggleFlag(i, name) {
@@ -170,11 +181,7 @@ function toggleFlag(i, name) {
 }
 
 function complete() {
-  const { item, draft, campaign } = state;
-  const indices = item.responses.map((r) => r.index);
-  const chosen = campaign.mode === "best" ? draft.best !== null : indices.every((i) => draft.ranks[i] !== undefined);
-  const rated = !campaign.likert || indices.every((i) => draft.likert[i] !== undefined);
-  return chosen && rated;
+  return missing().length === 0;
 }
 
 // -------------------------------------------------------------------------------------- drafts

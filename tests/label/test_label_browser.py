@@ -1,0 +1,182 @@
+"""End to end in headless Chromium (Debian's chromium + chromium-driver, driven by selenium).
+
+One real server and one browser for the module; each test signs in as a new person, so every test
+starts at item 1, which holds model output that tries to run script.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from feedback_lm.label.store import open_campaign
+from tests.label.helpers import Server, items, make_campaign, need_service
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+EVIL = {
+    "prompt": "Say hi <b>in bold</b>",
+    "responses": ["<script>window.__pwned = 1; alert(1)</script>",
+                  '<img src=x onerror="window.__pwned = 2; alert(2)">',
+                  "plain & simple", "line one\nline two"],
+    "meta": {"policy": "hand-written"},
+}
+
+
+def chromium_driver(tmp_path: Path):
+    """A headless Chromium from Debian's packages (never a downloaded browser)."""
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        need_service(False, "selenium is not installed: pip install '.[test]'")
+    need_service(CHROMIUM.exists() and CHROMEDRIVER.exists(),
+                 "no /usr/bin/chromium or /usr/bin/chromedriver: apt-get install chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--window-size=1280,900", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(30)
+    return driver
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("browser")
+    driver = chromium_driver(tmp)
+    # The hostile item is item 1; overlap 10 gives it to every person first.
+    make_campaign(tmp / "c", [EVIL, *items(4)], mode="rank", likert=True, flags=["harmful", "fails_instruction"],
+                  overlap=10)
+    store = open_campaign(tmp / "c")
+    server = Server(tmp / "c").start()
+    yield driver, server, store
+    server.stop()
+    driver.quit()
+    store.close()
+    shutil.rmtree(tmp / "chromium-profile", ignore_errors=True)
+
+
+def wait(driver, condition, timeout: float = 20):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout).until(condition)
+
+
+def by_id(driver, name: str):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.ID, name)
+
+
+def sign_in(driver, server, token: str) -> None:
+    driver.get(server.url + "/")
+    driver.execute_script("sessionStorage.clear()")
+    driver.get(server.url + "/")
+    wait(driver, lambda d: by_id(d, "signin").is_displayed())
+    by_id(driver, "token").send_keys(token)
+    by_id(driver, "signin-btn").click()
+    wait(driver, lambda d: by_id(d, "work").is_displayed())
+
+
+def cards(driver) -> list:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.CSS_SELECTOR, "#responses .card")
+
+
+def keys(driver, *sequence) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    chain = ActionChains(driver)
+    for key in sequence:
+        if key.startswith("shift+"):
+            chain.key_down(Keys.SHIFT).send_keys(key[-1]).key_up(Keys.SHIFT)
+        else:
+            chain.send_keys(Keys.ENTER if key == "enter" else key)
+    chain.perform()
+
+
+def test_sign_in_is_required(site):
+    driver, server, store = site
+    driver.get(server.url + "/")
+    driver.execute_script("sessionStorage.clear()")
+    driver.get(server.url + "/")
+    wait(driver, lambda d: by_id(d, "signin").is_displayed())
+    assert not by_id(driver, "work").is_displayed()
+    by_id(driver, "token").send_keys("not-a-token")
+    by_id(driver, "signin-btn").click()
+    wait(driver, lambda d: by_id(d, "signin-error").text)
+    assert by_id(driver, "signin-error").text == "That token is not valid."
+    assert not by_id(driver, "work").is_displayed() and store.counts()["active_leases"] == 0
+
+
+def test_model_output_renders_as_text_and_runs_no_script(site):
+    from selenium.webdriver.common.by import By
+
+    driver, server, store = site
+    sign_in(driver, server, store.add_labeler("xss-checker"))
+    shown = [c.find_element(By.CSS_SELECTOR, ".response-text").text for c in cards(driver)]
+    assert sorted(shown) == sorted(EVIL["responses"])  # the markup is shown, as text
+    assert by_id(driver, "prompt").text == EVIL["prompt"]
+    assert driver.find_elements(By.CSS_SELECTOR, "#responses img, #responses script, #prompt b") == []
+    assert driver.execute_script("return window.__pwned === undefined")
+    from selenium.common.exceptions import NoAlertPresentException
+
+    with pytest.raises(NoAlertPresentException):
+        driver.switch_to.alert.text  # noqa: B018
+
+
+def test_buttons_refresh_restores_choice_then_keyboard_labels(site):
+    from selenium.webdriver.common.by import By
+
+    driver, server, store = site
+    name = "keyboard-person"
+    sign_in(driver, server, store.add_labeler(name))
+    first = cards(driver)[0]
+    first.find_elements(By.CSS_SELECTOR, "button.rank")[0].click()       # rank 1 for response A
+    cards(driver)[1].find_elements(By.CSS_SELECTOR, "button.flag")[1].click()  # B fails the instruction
+    wait(driver, lambda d: by_id(d, "draft-status").text == "Draft saved")
+    prompt = by_id(driver, "prompt").text
+
+    driver.refresh()  # the unsaved choice comes back with the same item
+    wait(driver, lambda d: by_id(d, "work").is_displayed() and len(cards(d)) == 4)
+    assert by_id(driver, "prompt").text == prompt
+    assert cards(driver)[0].find_elements(By.CSS_SELECTOR, "button.rank")[0].get_attribute("aria-pressed") == "true"
+    assert cards(driver)[1].find_elements(By.CSS_SELECTOR, "button.flag")[1].get_attribute("aria-pressed") == "true"
+    assert by_id(driver, "submit").get_attribute("disabled")  # not complete yet
+
+    order = [int(c.get_attribute("data-index")) for c in cards(driver)]
+    # Ranks by keyboard (focus starts on A and moves on): A=1, B=2, C=2 (a tie), D=4; then quality
+    # ratings with Shift+digit, flag 1 (q) on D, and Enter to submit.
+    keys(driver, "1", "2", "2", "4", "shift+7", "j", "shift+6", "j", "shift+5", "j", "shift+4", "q")
+    wait(driver, lambda d: not by_id(d, "submit").get_attribute("disabled"))
+    keys(driver, "enter")
+    wait(driver, lambda d: by_id(d, "prompt").text != prompt and by_id(d, "status").text == "Saved.")
+
+    (row,) = [r for r in store.labeled_rows() if r["labeler"] == name]
+    assert row["tiers"] == [[order[0]], sorted([order[1], order[2]]), [order[3]]]
+    assert row["display_order"] == order
+    likert = dict(zip(order, [7, 6, 5, 4]))
+    assert row["likert"] == [likert[i] for i in range(4)]
+    flags = {order[1]: ["fails_instruction"], order[3]: ["harmful"]}
+    assert row["flags"] == [flags.get(i, []) for i in range(4)]
+
+
+def test_double_clicked_submit_stores_one_label(site):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    driver, server, store = site
+    name = "double-clicker"
+    sign_in(driver, server, store.add_labeler(name))
+    prompt = by_id(driver, "prompt").text
+    keys(driver, "4", "3", "2", "1", "shift+1", "j", "shift+2", "j", "shift+3", "j", "shift+4")
+    wait(driver, lambda d: not by_id(d, "submit").get_attribute("disabled"))
+    ActionChains(driver).double_click(by_id(driver, "submit")).perform()
+    wait(driver, lambda d: by_id(d, "prompt").text != prompt)
+    assert by_id(driver, "status").text == "Saved."
+    assert len([r for r in store.labeled_rows() if r["labeler"] == name]) == 1
