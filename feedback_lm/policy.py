@@ -199,7 +199,8 @@ class Policy(nn.Module):
     @torch.no_grad()
     def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int = 32,
                  do_sample: bool = True, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 num_return_sequences: int = 1, output_logprobs: bool = False) -> Generation:
+                 num_return_sequences: int = 1, output_logprobs: bool = False,
+                 stop_at_eos: bool = True) -> Generation:
         """Sample (or greedy-decode) responses.
 
         Args:
@@ -209,6 +210,8 @@ class Policy(nn.Module):
                 (``prompt_ids.repeat_interleave(n, 0)`` lines up with them).
             output_logprobs: also return the log-probs of the sampled tokens under the sampling
                 distribution (what the forward pass at the same temperature must reproduce, spec §3.9 #9).
+            stop_at_eos: False samples exactly ``max_new_tokens`` tokens, EOS or not (LHP's fixed-length
+                rollouts, spec §3.2); the mask is then all True and nothing is cut.
 
         Returns:
             :class:`Generation` with ``[B*n, R]`` tensors, ``R <= max_new_tokens``.
@@ -218,7 +221,7 @@ class Policy(nn.Module):
         gen_kwargs = dict(
             input_ids=prompt_ids, attention_mask=prompt_mask.long(), max_new_tokens=max_new_tokens,
             do_sample=do_sample, num_return_sequences=num_return_sequences,
-            pad_token_id=self.pad_token_id, eos_token_id=self.eos_token_id,
+            pad_token_id=self.pad_token_id, eos_token_id=self.eos_token_id if stop_at_eos else None,
             return_dict_in_generate=True, output_scores=output_logprobs,
         )
         if do_sample:
@@ -234,8 +237,11 @@ class Policy(nn.Module):
         new = seq[:, 1:] if self.is_encoder_decoder else seq[:, prompt_ids.shape[1]:]
         if new.shape[1] == 0:  # max_new_tokens=0: keep shapes valid
             new = torch.full_like(seq[:, :1], self.eos_token_id)
-        mask = ops.response_mask(new, self.eos_token_id)
-        new = new.masked_fill(~mask, self.pad_token_id)
+        if stop_at_eos:
+            mask = ops.response_mask(new, self.eos_token_id)
+            new = new.masked_fill(~mask, self.pad_token_id)
+        else:
+            mask = torch.ones_like(new, dtype=torch.bool)
         logprobs = None
         if output_logprobs:
             scores = torch.stack(out.scores, dim=1)[:, : new.shape[1]].float()  # [B,R,V] processed logits

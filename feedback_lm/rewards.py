@@ -56,3 +56,18 @@ class ModelReward:
         out = [self.model.rewards(prompts[i: i + self.batch_size], responses[i: i + self.batch_size])
                for i in range(0, len(prompts), self.batch_size)]
         return torch.cat(out) if out else torch.zeros(0)
+
+
+class LengthReward:
+    """A toy reward: ``-|len(response) - target_chars| / target_chars`` (0 at the target length).
+
+    No task knowledge and a signal from the first step, even for an untrained model: handy for smoke
+    tests and for watching a policy learn (``reward._target_=feedback_lm.rewards.LengthReward``).
+    """
+
+    def __init__(self, target_chars: int = 8):
+        self.target_chars = target_chars
+
+    def __call__(self, prompts, responses, targets=None) -> torch.Tensor:
+        t = self.target_chars
+        return torch.tensor([-abs(len(r) - t) / t for r in responses])

@@ -43,6 +43,7 @@ class Rollout:
         logprobs: ``[B, R]`` float, per-token log-probabilities under the policy that sampled (old policy).
         ref_logprobs: ``[B, R]`` float, per-token log-probabilities under the frozen reference.
         values: ``[B, R]`` float, per-token value estimates at sampling time.
+        rewards: ``[B, R]`` float, per-token rewards (PPO: ``-β·kl`` plus the score on the last token).
         scores: ``[B]`` per-sample scalar (reward-model score, verifier result, correctness value).
         prompt: ``B`` prompt texts.
         response: ``B`` response texts.
@@ -61,6 +62,7 @@ class Rollout:
     logprobs: Optional[Tensor] = None
     ref_logprobs: Optional[Tensor] = None
     values: Optional[Tensor] = None
+    rewards: Optional[Tensor] = None
     scores: Optional[Tensor] = None
     prompt: Optional[list[str]] = None
     response: Optional[list[str]] = None
@@ -69,7 +71,7 @@ class Rollout:
     target: Optional[list[str]] = None
 
     #: Per-token float fields, ``[B, R]``, aligned with ``response_ids`` and padded on the right.
-    TOKEN_FIELDS: ClassVar[tuple[str, ...]] = ("logprobs", "ref_logprobs", "values")
+    TOKEN_FIELDS: ClassVar[tuple[str, ...]] = ("logprobs", "ref_logprobs", "values", "rewards")
     #: Per-sample tensor fields, ``[B]``.
     SAMPLE_FIELDS: ClassVar[tuple[str, ...]] = ("scores",)
     #: Per-sample Python lists, length ``B``.

@@ -1,0 +1,605 @@
+"""PPO with a KL penalty to a frozen reference (Ziegler et al. 2019) and PPO-ptx (InstructGPT).
+
+Spec: ALGORITHMS.md §3 (PPO, code-exact port of lm-human-preferences) and §4 (PPO-ptx).
+
+One Lightning training step is one PPO *iteration* (spec §3.5)::
+
+    rollout     sample responses for a batch of prompts (no grad), then one forward pass for the old
+                log-probs and values, one for the reference log-probs, and the reward function's scores
+    rewards     r_t = -β·(log π - log ρ) on every token, plus the score on the last one (spec §3.3)
+    update      `ppo_epochs` passes of shuffled minibatches from the shared rollout buffer; each
+                minibatch: reward whitening, GAE, advantage whitening, clipped policy + value loss
+                (spec §3.4), [PPO-ptx: + γ·pretraining NLL, accumulated into the same step, spec §4.2],
+                one optimizer step
+    KL control  β is updated from this rollout's KL and used from the next rollout (spec §3.6)
+
+The losses are pure functions on tensors (``ppo_loss``, ``policy_loss``, ``value_loss``) and are unit-tested
+against the spec's numbers; the module only wires models, data and those functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import random
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+
+from feedback_lm import ops
+from feedback_lm.display import log_samples, print_samples
+from feedback_lm.errors import UserError
+from feedback_lm.evaluation import exact_match
+from feedback_lm.kl import build_kl_controller
+from feedback_lm.models import ModelConfig, ScalarHead
+from feedback_lm.optim import lr_factor
+from feedback_lm.policy import Policy
+from feedback_lm.rollout import Rollout, RolloutBuffer
+
+MODES = ("eos_masking", "lhp_fixed_length")
+VALUE_MODELS = ("shared", "separate")
+
+
+# ============================================================================================ losses
+def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                mask: torch.Tensor, cliprange: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped surrogate, token mean over the minibatch (spec §3.4 step 5).
+
+    Args:
+        logprobs: ``[B,T]`` current log-probs (grad). old_logprobs: ``[B,T]`` rollout log-probs.
+        advantages: ``[B,T]`` (whitened, detached). mask: ``[B,T]``. cliprange: ε.
+
+    Returns:
+        ``(loss, stats)`` with ``clipfrac`` (share of tokens where the clipped branch is taken) and
+        ``approx_kl`` = ½·mean((logp − old)²).
+    """
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    losses1 = -advantages * ratio
+    losses2 = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    loss = ops.masked_mean(torch.max(losses1, losses2), mask)
+    with torch.no_grad():
+        stats = {"clipfrac": ops.masked_mean((losses2 > losses1).float(), mask),
+                 "approx_kl": 0.5 * ops.masked_mean(log_ratio.detach() ** 2, mask),
+                 "ratio": ops.masked_mean(ratio.detach(), mask)}
+    return loss, stats
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               cliprange_value: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped value loss ``0.5·mean(max((v − R)², (v_clip − R)²))``, clip around the OLD value (spec §3.4
+    step 4, pitfall 5).
+
+    Args:
+        values: ``[B,T]`` current value predictions (grad). old_values, returns: ``[B,T]``. mask: ``[B,T]``.
+        cliprange_value: ε_v.
+    """
+    vclip = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    losses1 = (values - returns) ** 2
+    losses2 = (vclip - returns) ** 2
+    loss = 0.5 * ops.masked_mean(torch.max(losses1, losses2), mask)
+    with torch.no_grad():
+        stats = {"vf_clipfrac": ops.masked_mean((losses2 > losses1).float(), mask)}
+    return loss, stats
+
+
+def ppo_loss(logprobs: torch.Tensor, values: torch.Tensor, old_logprobs: torch.Tensor, old_values: torch.Tensor,
+             rewards: torch.Tensor, mask: torch.Tensor, *, cliprange: float = 0.2, cliprange_value: float = 0.2,
+             vf_coef: float = 0.1, gamma: float = 1.0, lam: float = 0.95, whiten_rewards: bool = True,
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of one PPO minibatch, a port of [LHP:train_policy.py PPOTrainer.loss] (spec §3.4).
+
+    Every input but ``logprobs`` and ``values`` is a stored rollout tensor. Reward whitening (scale
+    only), GAE with the old values, ``returns = adv + old_values`` (before advantage whitening) and
+    advantage whitening all happen here, per minibatch and over its valid tokens, in fp32.
+
+    Args:
+        logprobs: ``[B,T]`` current log-probs at the sampling temperature (grad).
+        values: ``[B,T]`` current value predictions (grad).
+        old_logprobs, old_values, rewards: ``[B,T]`` from the rollout.
+        mask: ``[B,T]`` valid response tokens (all True in lhp_fixed_length mode).
+
+    Returns:
+        ``(loss, pg_loss, vf_loss, stats)``; ``loss = pg_loss + vf_coef·vf_loss`` (no entropy bonus).
+    """
+    mask = mask.bool()
+    old_logprobs, old_values, rewards = old_logprobs.float(), old_values.float(), rewards.float()
+    with torch.no_grad():
+        if whiten_rewards:
+            rewards = ops.masked_whiten(rewards, mask, shift_mean=False)
+        advantages, returns = ops.gae(rewards, old_values, mask, gamma, lam)
+        advantages = ops.masked_whiten(advantages, mask, shift_mean=True)
+    pg_loss, pg_stats = policy_loss(logprobs.float(), old_logprobs, advantages, mask, cliprange)
+    vf_loss, vf_stats = value_loss(values.float(), old_values, returns, mask, cliprange_value)
+    loss = pg_loss + vf_coef * vf_loss
+    with torch.no_grad():
+        var_returns = ops.masked_var(returns, mask)
+        stats = {**pg_stats, **vf_stats,
+                 "returns_mean": ops.masked_mean(returns, mask),
+                 "advantages_mean": ops.masked_mean(advantages, mask),
+                 "var_explained": 1.0 - ops.masked_mean((values.detach().float() - returns) ** 2, mask)
+                 / var_returns.clamp(min=1e-8)}
+    return loss, pg_loss, vf_loss, stats
+
+
+def truncate_for_scoring(response_ids: torch.Tensor, token_id: int, after: int, pad_token_id: int,
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """LHP post-processing of fixed-length samples, used for scoring only (spec §3.2).
+
+    Everything after the first ``token_id`` at index ``>= after`` becomes padding (the token itself is
+    kept). Rows without such a token are flagged: they get the penalty score instead of the reward.
+
+    Args:
+        response_ids: ``[B,T]``.
+
+    Returns:
+        ``(ids [B,T], found [B] bool)``.
+    """
+    T = response_ids.shape[1]
+    idx = torch.arange(T, device=response_ids.device)
+    hit = (response_ids == token_id) & (idx >= after)
+    found = hit.any(-1)
+    first = torch.where(found, hit.float().argmax(-1), torch.full_like(found, T - 1, dtype=torch.long))
+    keep = idx[None, :] <= first[:, None]
+    return response_ids.masked_fill(~keep, pad_token_id), found
+
+
+def ema_update(ema: Sequence[torch.Tensor], params: Sequence[torch.Tensor], decay: float) -> None:
+    """In place ``ema ← decay·ema + (1 − decay)·θ`` (InstructGPT's EMA of weights, decay 0.992, spec §4.2)."""
+    with torch.no_grad():
+        for e, p in zip(ema, params):
+            e.mul_(decay).add_(p.detach().to(e.dtype), alpha=1.0 - decay)
+
+
+# ============================================================================= pretraining stream
+class PtxStream:
+    """An endless, seeded stream of pretraining batches for PPO-ptx (spec §4.2).
+
+    Each item is a ``(prompt, text)`` pair: task demonstrations keep their prompt (so that an
+    encoder-decoder model conditions on it); raw text has an empty prompt and is scored on every token.
+    """
+
+    def __init__(self, pairs: Sequence[tuple[str, str]], seed: int = 0):
+        if not pairs:
+            raise UserError("PPO-ptx: the pretraining data is empty (algo.ptx_data)")
+        self.pairs = list(pairs)
+        self.rng = random.Random(seed)
+
+    @classmethod
+    def from_text_file(cls, path: str, chunk_chars: int, seed: int = 0) -> PtxStream:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise UserError(f"algo.ptx_data={path}: no such file. Give a plain-text file, or 'demos' to use the "
+                            f"task's demonstrations")
+        text = p.read_text(encoding="utf-8", errors="replace")
+        chunks = [text[i: i + chunk_chars] for i in range(0, len(text), chunk_chars)]
+        return cls([("", c) for c in chunks if c.strip()], seed)
+
+    def next(self, n: int) -> list[tuple[str, str]]:
+        return [self.pairs[self.rng.randrange(len(self.pairs))] for _ in range(n)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.rng.setstate(state["rng"])
+
+
+# ====================================================================================== the module
+class PPO(L.LightningModule):
+    """PPO with a KL penalty (``algo=ppo``) and PPO-ptx (``algo=ppo_ptx``: ``ptx_coef > 0``).
+
+    The policy is ``model`` (start it from an SFT run with ``model.name_or_path=<sft run>/model``); the
+    reference is a frozen copy of the initial policy, or, when the policy has LoRA adapters, the same
+    weights with the adapters disabled (no second copy). Rollout batch = ``data.batch_size`` prompts.
+
+    Args:
+        policy: model config (``conf/model``).
+        reward: a reward function ``(prompts, responses, targets) -> [B]`` (``conf/reward``).
+        lr: peak learning rate (Adam, eps ``adam_eps``).
+        schedule: ``linear`` (LHP: anneal to 0 over the run, constant within an iteration) or ``constant``.
+        warmup_iterations: linear warmup (InstructGPT: 10 iterations from 1/10 of the peak).
+        ppo_epochs: passes over each rollout. minibatch_size: rollouts per optimizer step.
+        cliprange, cliprange_value, vf_coef, gamma, lam, whiten_rewards: spec §3.4 / §3.7.
+        kl_controller: ``fixed`` or ``adaptive``; kl_coef: initial β; kl_target (nats), kl_horizon (episodes).
+        temperature, top_k, top_p: sampling; every log-prob (old, new, reference) uses the same temperature.
+        max_new_tokens: response length T.
+        mode: ``eos_masking`` (stop at EOS, mask after it) or ``lhp_fixed_length`` (exactly T tokens; score
+            the text cut after ``truncate_token`` (default EOS) at index ≥ ``truncate_after``, or
+            ``penalty_reward_value`` when there is none).
+        value_model: ``shared`` (a zero-initialised head on the policy trunk, LHP) or ``separate`` (a second
+            network initialised from the reward model at ``value_init_from``, InstructGPT), LR ``vf_lr``.
+        ptx_coef: γ of PPO-ptx (0 = plain PPO). ptx_data: ``demos`` (the task's demonstrations) or a text
+            file. ptx_ratio: pretraining sequences per PPO episode in each optimizer step.
+        ema_decay: keep an EMA of the policy weights (InstructGPT: 0.992), used for validation and saving.
+        max_grad_norm: clip the global gradient norm after all gradients have accumulated (None = off).
+        forward_batch_size: chunk size of the no-grad forward passes of a rollout.
+        eval_max_new_tokens: greedy-decoding budget for validation.
+    """
+
+    def __init__(self, policy: ModelConfig | Mapping[str, Any], reward: Any = None, lr: float = 1e-5,
+                 adam_eps: float = 1e-5, weight_decay: float = 0.0, schedule: str = "linear",
+                 warmup_iterations: int = 0, ppo_epochs: int = 4, minibatch_size: int = 16,
+                 cliprange: float = 0.2, cliprange_value: float = 0.2, vf_coef: float = 0.1, gamma: float = 1.0,
+                 lam: float = 0.95, whiten_rewards: bool = True, kl_controller: str = "fixed",
+                 kl_coef: float = 0.2, kl_target: float | None = 6.0, kl_horizon: int = 10000,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, max_new_tokens: int = 32,
+                 mode: str = "eos_masking", truncate_token: int | None = None, truncate_after: int = 0,
+                 penalty_reward_value: float = -1.0, value_model: str = "shared",
+                 value_init_from: str | None = None, vf_lr: float | None = None, ptx_coef: float = 0.0,
+                 ptx_data: str | None = "demos", ptx_ratio: int = 8, ptx_chunk_chars: int = 256,
+                 ptx_forward_batch_size: int = 64, ema_decay: float | None = None,
+                 max_grad_norm: float | None = None, forward_batch_size: int = 64, eval_max_new_tokens: int = 64,
+                 num_samples_shown: int = 5):
+        super().__init__()
+        if mode not in MODES:
+            raise UserError(f"algo.mode={mode!r}: use one of {MODES}")
+        if value_model not in VALUE_MODELS:
+            raise UserError(f"algo.value_model={value_model!r}: use one of {VALUE_MODELS}")
+        if value_model == "separate" and not value_init_from:
+            raise UserError("algo.value_model=separate needs algo.value_init_from=<reward model dir> "
+                            "(the value network starts from the reward model, InstructGPT §3.5)")
+        if schedule not in ("linear", "constant"):
+            raise UserError(f"algo.schedule={schedule!r}: use 'linear' (LHP) or 'constant' (InstructGPT)")
+        if temperature <= 0:
+            raise UserError("algo.temperature must be > 0 (PPO needs a sampling distribution)")
+        if ptx_coef < 0:
+            raise UserError("algo.ptx_coef must be >= 0")
+        if reward is None:
+            raise UserError("PPO needs a reward: reward=verifier, reward=model reward.path=<run>/model, or "
+                            "reward._target_=<your callable>")
+        self.model_config = ModelConfig.coerce(policy)
+        self.reward_fn = reward
+        self.save_hyperparameters(ignore=["reward"])
+        self.hparams.policy = self.model_config.to_dict()
+        self.kl_ctl = build_kl_controller(kl_controller, kl_coef, kl_target, kl_horizon)
+        self.automatic_optimization = False
+        self.ptx: PtxStream | None = None
+        self._samples: list[dict[str, Any]] = []
+        self._val_scores: list[torch.Tensor] = []
+
+    # ---------------------------------------------------------------------------------------- models
+    def configure_model(self) -> None:
+        if hasattr(self, "policy"):
+            return
+        hp = self.hparams
+        self.policy = Policy.from_config(self.model_config)
+        self.uses_lora = self.model_config.lora.r > 0
+        if not self.uses_lora:
+            # frozen copy of the INITIAL policy (spec §3.1); with LoRA the base weights are the reference
+            self.ref = copy.deepcopy(self.policy).requires_grad_(False).eval()
+        if hp.value_model == "shared":
+            self.value_head = ScalarHead(self.policy.hidden_size, init="zero")  # spec §3.1: zero-init
+        else:
+            from plugins.reward_model import load_reward_model
+
+            rm = load_reward_model(hp.value_init_from)  # loads frozen; the value net trains
+            out_emb, in_emb = rm.policy.model.get_output_embeddings(), rm.policy.model.get_input_embeddings()
+            rm.policy.requires_grad_(True)
+            if out_emb is not None and out_emb.weight is not in_emb.weight:
+                out_emb.requires_grad_(False)  # an untied unembedding is unused by a value head
+            rm.head.requires_grad_(True)
+            self.value_net = rm.policy.train()
+            self.value_head = rm.head
+            self.value_head.linear.weight.data.mul_(float(rm.gain))
+            self.value_head.linear.bias.data.mul_(float(rm.gain)).add_(float(rm.bias))
+        self.ema_params: list[torch.Tensor] | None = None
+        if hp.ema_decay:
+            for name, p in self.policy.named_parameters():
+                if p.requires_grad:
+                    self.register_buffer("ema__" + name.replace(".", "__"), p.detach().clone(), persistent=True)
+        self.buffer = RolloutBuffer(pad_token_id=self.policy.pad_token_id, seed=0)
+
+    def _policy_params(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.policy.parameters() if p.requires_grad]
+
+    def _ema_buffers(self) -> list[torch.Tensor]:
+        return [getattr(self, "ema__" + n.replace(".", "__")) for n, p in self.policy.named_parameters()
+                if p.requires_grad]
+
+    @contextlib.contextmanager
+    def _ema_weights(self):
+        """Swap the EMA weights into the policy (validation, saving), then back."""
+        if not self.hparams.ema_decay:
+            yield
+            return
+        live = [p.detach().clone() for p in self._policy_params()]
+        with torch.no_grad():
+            for p, e in zip(self._policy_params(), self._ema_buffers()):
+                p.copy_(e)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, w in zip(self._policy_params(), live):
+                    p.copy_(w)
+
+    def _ref_logprobs(self, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+        T = self.hparams.temperature
+        if self.uses_lora:
+            with self.policy.model.disable_adapter():
+                return self.policy.logprobs(prompt_ids, prompt_mask, response_ids, response_mask, T)
+        return self.ref.logprobs(prompt_ids, prompt_mask, response_ids, response_mask, T)
+
+    def _logprobs_values(self, prompt_ids, prompt_mask, response_ids, response_mask, with_entropy: bool = False):
+        """Current-policy log-probs ``[B,R]`` and values ``[B,R]`` (and mean entropy) in one pass when the
+        value head shares the trunk."""
+        shared = self.hparams.value_model == "shared"
+        out = self.policy(prompt_ids, prompt_mask, response_ids, response_mask, output_hidden=shared)
+        logits = out.logits.float() / self.hparams.temperature
+        logprobs = ops.gather_logprobs(logits, response_ids)
+        if shared:
+            values = self.value_head(out.hidden)
+        else:
+            values = self.value_head(self.value_net(prompt_ids, prompt_mask, response_ids, response_mask,
+                                                    output_hidden=True).hidden)
+        entropy = None
+        if with_entropy:
+            with torch.no_grad():
+                entropy = ops.masked_mean(ops.entropy_from_logits(logits.detach()), response_mask)
+        return logprobs, values, entropy
+
+    # --------------------------------------------------------------------------------------- rollout
+    @torch.no_grad()
+    def make_rollout(self, prompts: Sequence[str], targets: Sequence[str | None]) -> tuple[Rollout, dict[str, float]]:
+        """Sample, score and price one batch of episodes (spec §3.2-3.3). Everything is detached."""
+        hp, dev = self.hparams, self.device
+        timings = {}
+        t0 = time.perf_counter()
+        prompt_ids, prompt_mask = (x.to(dev) for x in self.policy.encode_prompts(prompts))
+        fixed = hp.mode == "lhp_fixed_length"
+        gen = self.policy.generate(prompt_ids, prompt_mask, max_new_tokens=hp.max_new_tokens, do_sample=True,
+                                   temperature=hp.temperature, top_k=hp.top_k, top_p=hp.top_p,
+                                   stop_at_eos=not fixed)
+        response_ids, mask = gen.response_ids, gen.response_mask
+        timings["time/generate"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        self.policy.eval()
+        logprobs, values, ref_logprobs = [], [], []
+        for s in range(0, len(prompts), hp.forward_batch_size):
+            sl = slice(s, s + hp.forward_batch_size)
+            args = (prompt_ids[sl], prompt_mask[sl], response_ids[sl], mask[sl])
+            lp, v, _ = self._logprobs_values(*args)
+            logprobs.append(lp * mask[sl])
+            values.append(v * mask[sl])
+            ref_logprobs.append(self._ref_logprobs(*args))
+        logprobs, values, ref_logprobs = torch.cat(logprobs), torch.cat(values), torch.cat(ref_logprobs)
+        timings["time/forward"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        if fixed:
+            token = self.policy.eos_token_id if hp.truncate_token is None else hp.truncate_token
+            score_ids, found = truncate_for_scoring(response_ids, token, hp.truncate_after, self.policy.pad_token_id)
+            texts = self.policy.decode(score_ids)
+        else:
+            texts = self.policy.decode(response_ids, mask)
+        scores = _as_scores(self.reward_fn(list(prompts), texts, list(targets)), len(texts), dev)
+        if fixed:  # no truncate token: the penalty REPLACES the score (spec §3.8 pitfall 12)
+            scores = torch.where(found, scores, torch.full_like(scores, hp.penalty_reward_value))
+        timings["time/score"] = time.perf_counter() - t0
+
+        rewards, kl = ops.kl_penalty_rewards(logprobs, ref_logprobs, scores, mask, self.kl_ctl.value)
+        rollout = Rollout(prompt_ids, prompt_mask, response_ids, mask, logprobs=logprobs, ref_logprobs=ref_logprobs,
+                          values=values, rewards=rewards, scores=scores, prompt=list(prompts), response=texts,
+                          target=list(targets))
+        stats = {"ppo/kl": ops.sequence_kl(kl, mask).mean().item(),
+                 "rollout/score_mean": scores.mean().item(),
+                 "rollout/score_std": scores.std().item() if len(scores) > 1 else 0.0,
+                 "rollout/response_len": mask.sum(-1).float().mean().item(),
+                 "rollout/accuracy": _accuracy(texts, targets),
+                 **timings}
+        return rollout, stats
+
+    # -------------------------------------------------------------------------------------- training
+    def on_fit_start(self) -> None:
+        if hasattr(self.reward_fn, "to"):
+            self.reward_fn.to(self.device)
+        if isinstance(self.policy.model, torch.nn.Module) and self.trainer.strategy.__class__.__name__.startswith("FSDP"):
+            self.policy.set_fsdp_root(self.trainer.strategy.model)
+        hp = self.hparams
+        if hp.ptx_coef > 0 and self.ptx is None:
+            if hp.ptx_data == "demos":
+                self.ptx = PtxStream(_demonstrations(self.trainer), seed=self.trainer.global_rank)
+            else:
+                self.ptx = PtxStream.from_text_file(hp.ptx_data, hp.ptx_chunk_chars, seed=self.trainer.global_rank)
+            if self._ptx_state is not None:
+                self.ptx.load_state_dict(self._ptx_state)
+        if hp.whiten_rewards and hp.minibatch_size < 8:
+            rank_zero_warn("algo.minibatch_size < 8 with reward whitening: LHP asserts >= 8 (spec §3.5)")
+
+    _ptx_state: dict[str, Any] | None = None
+
+    def training_step(self, batch: dict[str, list[str]], batch_idx: int) -> None:
+        hp = self.hparams
+        opt = self.optimizers()
+        iteration = self.global_step
+        beta = self.kl_ctl.value  # the β in this rollout's rewards (spec §3.8 pitfall 10)
+        rollout, stats = self.make_rollout(batch["prompt"], batch.get("target") or [None] * len(batch["prompt"]))
+        self.buffer.clear()
+        self.buffer.add(rollout)
+
+        # LR: annealed per iteration, constant across its minibatches (spec §3.5, §3.9 #12)
+        total = max(1, self.trainer.max_steps if self.trainer.max_steps > 0 else 1)
+        factor = lr_factor(iteration, total, hp.schedule, hp.warmup_iterations, 0.0)
+        for group in opt.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+
+        t0 = time.perf_counter()
+        self.policy.eval()  # dropout off for every forward (spec §0.5)
+        minibatches = list(self.buffer.minibatches(hp.minibatch_size, epochs=hp.ppo_epochs))
+        agg: dict[str, list[float]] = {}
+        for j, mb in enumerate(minibatches):
+            opt.zero_grad()
+            mb_stats = self.minibatch_backward(mb)
+            if hp.max_grad_norm:  # after BOTH gradients have accumulated (spec §4.4)
+                self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
+            self._optimizer_step(opt, last=j == len(minibatches) - 1)
+            if hp.ema_decay:
+                ema_update(self._ema_buffers(), self._policy_params(), hp.ema_decay)
+            for k, v in mb_stats.items():
+                agg.setdefault(k, []).append(float(v))
+        stats["time/update"] = time.perf_counter() - t0
+
+        # KL control on this rollout's KL, before optimisation; new β from the next rollout (spec §3.6)
+        n_episodes = len(rollout) * self.trainer.world_size
+        self.kl_ctl.update(self._mean_across_ranks(stats["ppo/kl"]), n_steps=n_episodes)
+        if "ptx_sequences" in agg:  # InstructGPT accounting: pretraining sequences per episode (spec §4.2)
+            stats["ptx/sequences"] = sum(agg.pop("ptx_sequences"))
+            stats["ptx/ratio"] = stats["ptx/sequences"] / len(rollout)
+            stats["ptx/loss"] = sum(agg["ptx_loss"]) / len(agg.pop("ptx_loss"))
+        stats.update({f"ppo/{k}": sum(v) / len(v) for k, v in agg.items()})
+        stats.update({"ppo/kl_coef": beta, "ppo/lr": opt.optimizer.param_groups[0]["lr"],
+                      "ppo/minibatches": float(len(minibatches))})
+        self.log("train/loss", stats["ppo/loss"], prog_bar=False, batch_size=len(rollout))
+        shown = ("rollout/score_mean", "ppo/kl", "ppo/kl_coef")  # on the progress bar too
+        self.log_dict({k: float(v) for k, v in stats.items() if k not in shown}, batch_size=len(rollout))
+        self.log_dict({k: float(stats[k]) for k in shown}, prog_bar=True, batch_size=len(rollout))
+
+    def minibatch_backward(self, mb: Rollout) -> dict[str, torch.Tensor]:
+        """Accumulate the gradients of one minibatch: the PPO loss (spec §3.4) and, for PPO-ptx,
+        ``ptx_coef · ∇L_ptx`` on ``ptx_ratio × len(mb)`` pretraining sequences into the SAME buffers
+        (spec §4.2). No optimizer step here. Returns the minibatch statistics."""
+        hp = self.hparams
+        logprobs, values, entropy = self._logprobs_values(mb.prompt_ids, mb.prompt_mask, mb.response_ids,
+                                                          mb.response_mask, with_entropy=True)
+        loss, pg_loss, vf_loss, stats = ppo_loss(
+            logprobs, values, mb.logprobs, mb.values, mb.rewards, mb.response_mask, cliprange=hp.cliprange,
+            cliprange_value=hp.cliprange_value, vf_coef=hp.vf_coef, gamma=hp.gamma, lam=hp.lam,
+            whiten_rewards=hp.whiten_rewards)
+        self._backward(loss)
+        stats.update(loss=loss.detach(), policy_loss=pg_loss.detach(), value_loss=vf_loss.detach(), entropy=entropy)
+        if hp.ptx_coef > 0:
+            n = hp.ptx_ratio * len(mb)
+            stats["ptx_loss"] = torch.tensor(self._ptx_backward(n))
+            stats["ptx_sequences"] = torch.tensor(float(n))
+        return stats
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self._trainer is not None:
+            self.manual_backward(loss)  # precision/strategy aware (DDP gradient all-reduce)
+        else:  # used outside a Trainer (unit tests, notebooks)
+            loss.backward()
+
+    def _optimizer_step(self, opt, last: bool) -> None:
+        """One optimizer step. Only the LAST step of an iteration goes through Lightning's optimizer wrapper,
+        which is what advances ``global_step``: one Lightning step = one PPO iteration, so ``max_steps``,
+        checkpoints every N steps and the LR schedule all count iterations."""
+        if last:
+            opt.step()
+        else:  # same precision/strategy path as opt.step(), without the step-progress hooks
+            self.trainer.strategy.optimizer_step(opt.optimizer, closure=lambda: None, model=self)
+
+    def _ptx_backward(self, n: int) -> float:
+        """Accumulate ``ptx_coef · ∇ mean-token NLL`` of ``n`` pretraining sequences (spec §4.2), in
+        chunks weighted by their token counts so that the result equals one big batch."""
+        hp = self.hparams
+        pairs = self.ptx.next(n)
+        enc = self.policy.encode_batch([p for p, _ in pairs], [t for _, t in pairs], self.device)
+        total = enc["response_mask"].sum().clamp(min=1)
+        loss_sum = 0.0
+        for s in range(0, n, hp.ptx_forward_batch_size):
+            sl = {k: v[s: s + hp.ptx_forward_batch_size] for k, v in enc.items()}
+            logits = self.policy(**sl).logits
+            nll = -ops.masked_sum(ops.gather_logprobs(logits, sl["response_ids"]), sl["response_mask"]) / total
+            self._backward(hp.ptx_coef * nll)
+            loss_sum += float(nll.detach())
+        return loss_sum
+
+    def _mean_across_ranks(self, value: float) -> float:
+        if self.trainer.world_size == 1:
+            return value
+        t = torch.tensor(value, device=self.device, dtype=torch.float32)
+        return float(self.trainer.strategy.reduce(t, reduce_op="mean"))
+
+    # ------------------------------------------------------------------------------------ validation
+    def validation_step(self, batch: dict[str, list[str]], batch_idx: int) -> None:
+        hp = self.hparams
+        prompts, targets = batch["prompt"], batch.get("target") or [None] * len(batch["prompt"])
+        with self._ema_weights():
+            outputs = self.policy.generate_text(prompts, max_new_tokens=hp.eval_max_new_tokens, do_sample=False)
+        correct = exact_match(outputs, targets) if targets[0] is not None else torch.zeros(len(outputs))
+        scores = _as_scores(self.reward_fn(list(prompts), outputs, list(targets)), len(outputs), self.device)
+        n = len(outputs)
+        self.log("val/accuracy", correct.mean().to(self.device), batch_size=n, sync_dist=True, prog_bar=True)
+        self.log("val/score", scores.mean(), batch_size=n, sync_dist=True)
+        if batch_idx == 0:
+            k = hp.num_samples_shown
+            self._samples = [{"prompt": p, "output": o, "target": t, "score": round(float(s), 3)}
+                             for p, o, t, s in zip(prompts[:k], outputs[:k], targets[:k], scores[:k].tolist())]
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        print_samples(self._samples, title=f"held-out samples (iteration {self.global_step})")
+        log_samples(self.loggers, "val/samples", self._samples, self.global_step)
+
+    # ------------------------------------------------------------------------------------- optimizer
+    def configure_optimizers(self):
+        hp = self.hparams
+        value_params = list(self.value_head.parameters())
+        if hp.value_model == "separate":
+            value_params += [p for p in self.value_net.parameters() if p.requires_grad]
+        ids = {id(p) for p in value_params}
+        groups = [{"params": [p for p in self.parameters() if p.requires_grad and id(p) not in ids], "lr": hp.lr},
+                  {"params": value_params, "lr": hp.vf_lr or hp.lr}]
+        opt = torch.optim.Adam(groups, lr=hp.lr, eps=hp.adam_eps, weight_decay=hp.weight_decay)
+        for g in opt.param_groups:
+            g["initial_lr"] = g["lr"]
+        return opt
+
+    # ----------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["kl_controller"] = self.kl_ctl.state_dict()
+        if self.ptx is not None:
+            checkpoint["ptx_stream"] = self.ptx.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "kl_controller" in checkpoint:
+            self.kl_ctl.load_state_dict(checkpoint["kl_controller"])
+        self._ptx_state = checkpoint.get("ptx_stream")
+
+    def save_pretrained(self, directory: str) -> None:
+        """The trained policy in Hugging Face format (the EMA weights when ``ema_decay`` is set); LoRA
+        adapters are merged so that ``model.name_or_path=<dir>`` loads it like any model."""
+        with self._ema_weights():
+            model = self.policy.model
+            if self.uses_lora:
+                model = copy.deepcopy(model).merge_and_unload()
+            model.save_pretrained(directory)
+            self.policy.tokenizer.save_pretrained(directory)
+
+
+def _as_scores(scores: Any, n: int, device) -> torch.Tensor:
+    scores = torch.as_tensor(scores, dtype=torch.float32).reshape(-1).to(device)
+    if scores.numel() != n:
+        raise UserError(f"the reward function returned {scores.numel()} scores for {n} responses; it must "
+                        f"return one float per response")
+    if not torch.isfinite(scores).all():
+        raise UserError("the reward function returned a NaN or infinite score")
+    return scores
+
+
+def _accuracy(outputs: Sequence[str], targets: Sequence[str | None]) -> float:
+    pairs = [(o, t) for o, t in zip(outputs, targets) if t is not None]
+    return float(exact_match(*zip(*pairs)).mean()) if pairs else float("nan")
+
+
+def _demonstrations(trainer) -> list[tuple[str, str]]:
+    dm = trainer.datamodule
+    rows = getattr(dm, "train_rows", None)
+    if not rows:
+        dm.setup("fit")
+        rows = getattr(dm, "train_rows", None)
+    if not rows:
+        raise UserError("algo.ptx_data=demos needs a datamodule with demonstrations (prompt/response rows); "
+                        "give a text file instead: algo.ptx_data=<path>")
+    return [(r["prompt"], r["response"]) for r in rows]
+
+
+__all__ = ["PPO", "PtxStream", "ema_update", "policy_loss", "ppo_loss", "truncate_for_scoring", "value_loss"]

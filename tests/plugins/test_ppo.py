@@ -1,0 +1,317 @@
+"""PPO and PPO-ptx: spec §3.9 and §4.5 tests, plus the module-level contract.
+
+(§3.9 #1 compute_rewards, #2 GAE, #3 whitening and #6 the adaptive controller are in tests/unit/test_ops.py
+and test_kl.py; #9 generation/forward alignment is in tests/unit/test_policy.py.)
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from feedback_lm import ops
+from feedback_lm.optim import lr_factor
+from feedback_lm.rollout import RolloutBuffer
+from feedback_lm.testing import QUICK, check_plugin, compose
+from plugins.ppo import PPO, ema_update, policy_loss, ppo_loss, truncate_for_scoring, value_loss
+
+TOY_REWARD = ["~reward", "+reward._target_=feedback_lm.rewards.LengthReward"]
+FAST = ["algo.max_new_tokens=8", "algo.eval_max_new_tokens=8"]
+
+
+# ------------------------------------------------------------------------------ §3.9 #4, #5: clipping
+@pytest.mark.parametrize("adv,ratio,loss,grad_flows", [(1.0, 1.5, -1.2, False), (1.0, 0.5, -0.5, True),
+                                                        (-1.0, 0.5, 0.8, False), (-1.0, 1.5, 1.5, True)])
+def test_policy_clip_spec_numbers(adv, ratio, loss, grad_flows):
+    logp = torch.tensor([[math.log(ratio)]], requires_grad=True)
+    out, _ = policy_loss(logp, torch.zeros(1, 1), torch.tensor([[adv]]), torch.ones(1, 1, dtype=torch.bool), 0.2)
+    out.backward()
+    assert out.item() == pytest.approx(loss, abs=1e-6)
+    assert (logp.grad.abs().item() > 0) == grad_flows
+
+
+@pytest.mark.parametrize("vpred,loss,grad_flows", [(1.0, 0.045, False), (0.6, 0.08, True), (0.0, 0.5, True)])
+def test_value_clip_spec_numbers(vpred, loss, grad_flows):
+    v = torch.tensor([[vpred]], requires_grad=True)
+    out, _ = value_loss(v, torch.tensor([[0.5]]), torch.tensor([[1.0]]), torch.ones(1, 1, dtype=torch.bool), 0.2)
+    out.backward()
+    assert out.item() == pytest.approx(loss, abs=1e-6)
+    assert (v.grad.abs().item() > 0) == grad_flows
+
+
+# ------------------------------------------------------------------------ §3.9 #10: masking after EOS
+def test_ppo_loss_ignores_everything_after_eos():
+    torch.manual_seed(0)
+    B, T = 4, 6
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0]]).bool()
+    tensors = [torch.randn(B, T) for _ in range(5)]  # logp, values, old_logp, old_values, rewards
+
+    def loss(ts):
+        return ppo_loss(*ts, mask)[0]
+
+    garbage = [torch.where(mask, t, torch.randn(B, T) * 100) for t in tensors]
+    assert loss(tensors).item() == pytest.approx(loss(garbage).item(), abs=1e-6)
+
+
+def test_ppo_loss_token_mean_and_returns_before_whitening():
+    # one token per row: GAE advantage = r - V, returns = r (before whitening), spec pitfalls 3-4
+    rewards, old_values = torch.tensor([[1.0], [3.0]]), torch.tensor([[0.5], [0.5]])
+    mask = torch.ones(2, 1, dtype=torch.bool)
+    _, _, vf, stats = ppo_loss(torch.zeros(2, 1), old_values, torch.zeros(2, 1), old_values, rewards, mask,
+                               whiten_rewards=False)
+    # vpred = old -> unclipped = clipped branch: 0.5 * mean((0.5 - [1, 3])^2)
+    assert vf.item() == pytest.approx(0.5 * (0.25 + 6.25) / 2)
+    assert stats["returns_mean"].item() == pytest.approx(2.0)
+    assert stats["advantages_mean"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------- §3.9 #11: the bandit
+def test_one_token_bandit_converges_to_kl_regularised_optimum():
+    """Tabular policy, V=4, T=1, ρ uniform, r=[0,1,0,0], β=0.5 fixed, B=256, 4 epochs of 1 minibatch,
+    both whitenings, Adam lr 0.05 annealed linearly to 0 over 400 updates, a scalar value baseline trained
+    by the value loss. π* ∝ ρ·exp(r/β) = [0.096255, 0.711235, 0.096255, 0.096255]."""
+    torch.manual_seed(0)
+    V, B, beta, updates = 4, 256, 0.5, 400
+    r = torch.tensor([0.0, 1.0, 0.0, 0.0])
+    theta = torch.zeros(V, requires_grad=True)
+    value = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.Adam([theta, value], lr=0.05, eps=1e-5)
+    ref_logp = torch.full((B, 1), -math.log(V))
+    mask = torch.ones(B, 1, dtype=torch.bool)
+    for u in range(updates):
+        with torch.no_grad():
+            y = torch.multinomial(torch.softmax(theta, -1), B, replacement=True)
+            old_logp = torch.log_softmax(theta, -1)[y][:, None]
+            old_values = value.expand(B, 1).clone()
+            rewards, _ = ops.kl_penalty_rewards(old_logp, ref_logp, r[y], mask, beta)
+        for group in opt.param_groups:
+            group["lr"] = 0.05 * lr_factor(u, updates, "linear")
+        for _ in range(4):
+            logp = torch.log_softmax(theta, -1)[y][:, None]
+            loss = ppo_loss(logp, value.expand(B, 1), old_logp, old_values, rewards, mask)[0]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    pi = torch.softmax(theta.detach(), -1)
+    expected = torch.tensor([0.096255, 0.711235, 0.096255, 0.096255])
+    assert (pi - expected).abs().max().item() < 0.02, pi
+
+
+# ---------------------------------------------------------------------------- §3.9 #12: LR schedule
+def test_lr_schedule_linear_anneal():
+    assert lr_factor(0, 100, "linear") == 1.0
+    assert lr_factor(50, 100, "linear") == pytest.approx(0.5)
+    # InstructGPT: warmup over 10 iterations starting at 1/10 of the peak, then constant
+    assert lr_factor(0, 100, "constant", warmup_steps=10) == pytest.approx(0.1)
+    assert lr_factor(10, 100, "constant", warmup_steps=10) == 1.0
+
+
+def test_truncate_for_scoring():
+    ids = torch.tensor([[5, 1, 6, 1, 7], [5, 6, 7, 8, 9], [1, 5, 6, 1, 8]])
+    out, found = truncate_for_scoring(ids, token_id=1, after=1, pad_token_id=0)
+    assert found.tolist() == [True, False, True]
+    assert out.tolist() == [[5, 1, 0, 0, 0], [5, 6, 7, 8, 9], [1, 5, 6, 1, 0]]
+
+
+def test_ema_update_spec_formula():
+    ema, theta = [torch.tensor([1.0, 2.0])], [torch.tensor([3.0, -1.0])]
+    ema_update(ema, theta, 0.992)
+    assert torch.allclose(ema[0], 0.992 * torch.tensor([1.0, 2.0]) + 0.008 * torch.tensor([3.0, -1.0]))
+
+
+# ------------------------------------------------------------------------------ module-level tests
+def _module(overrides=(), model="tiny-gpt2") -> tuple[PPO, object]:
+    cfg = compose(["algo=ppo", f"model={model}", "run_dir=/tmp/unused", *QUICK, *FAST, *TOY_REWARD, *overrides])
+    torch.manual_seed(0)
+    module = instantiate(cfg.algo, _convert_="all")
+    module.configure_model()
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.setup("fit")
+    return module, dm
+
+
+def _prompts(dm, n=8):
+    rows = dm.train_rows[:n]
+    return [r["prompt"] for r in rows], [r["target"] for r in rows]
+
+
+@pytest.mark.parametrize("model", ["tiny-gpt2", "tiny-t5"])
+def test_ratio_is_one_and_everything_detached_at_step_zero(model):
+    """§3.9 #7 and #8: rollout tensors are detached; the first minibatch has ratio 1 and approx_kl 0;
+    a backward pass leaves the reference model without gradients."""
+    module, dm = _module(model=model)
+    prompts, targets = _prompts(dm)
+    rollout, _ = module.make_rollout(prompts, targets)
+    for name in ("logprobs", "ref_logprobs", "values", "rewards", "scores"):
+        assert not getattr(rollout, name).requires_grad, name
+    torch.testing.assert_close(rollout.logprobs, rollout.ref_logprobs, atol=1e-6, rtol=0)  # π = ρ at start
+    stats = module.minibatch_backward(rollout)
+    assert stats["ratio"].item() == pytest.approx(1.0, abs=1e-6)
+    assert stats["approx_kl"].item() == pytest.approx(0.0, abs=1e-10)
+    assert all(p.grad is None for p in module.ref.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.policy.parameters())
+
+
+def test_rollout_scores_and_kl_rewards_in_eos_mode():
+    module, dm = _module()
+    prompts, targets = _prompts(dm)
+    rollout, stats = module.make_rollout(prompts, targets)
+    last = ops.last_index(rollout.response_mask)
+    rows = torch.arange(len(prompts))
+    # KL is zero at step 0, so the reward is exactly the score on the last real token
+    torch.testing.assert_close(rollout.rewards[rows, last], rollout.scores, atol=1e-5, rtol=0)
+    assert set(stats) >= {"ppo/kl", "rollout/score_mean", "rollout/response_len", "time/generate"}
+
+
+def test_fixed_length_mode_samples_exactly_T_tokens_and_penalises_missing_eos():
+    module, dm = _module(["algo.mode=lhp_fixed_length", "algo.penalty_reward_value=-7.0"])
+    prompts, targets = _prompts(dm)
+    rollout, _ = module.make_rollout(prompts, targets)
+    assert rollout.response_ids.shape[1] == 8 and bool(rollout.response_mask.all())
+    has_eos = (rollout.response_ids == module.policy.eos_token_id).any(-1)
+    assert torch.all(rollout.scores[~has_eos] == -7.0)
+    assert torch.all(rollout.scores[has_eos] != -7.0)
+
+
+def test_lora_reference_is_the_base_with_adapters_disabled():
+    module, dm = _module(["model.lora.r=4"])
+    assert not hasattr(module, "ref"), "with LoRA the reference must not be a second copy of the weights"
+    prompts, targets = _prompts(dm, 4)
+    rollout, _ = module.make_rollout(prompts, targets)
+    with torch.no_grad():  # move the adapters: the policy changes, the reference must not
+        for n, p in module.policy.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.5)
+    args = (rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask)
+    ref_after = module._ref_logprobs(*args)
+    policy_after = module.policy.logprobs(*args) * rollout.response_mask
+    torch.testing.assert_close(ref_after, rollout.ref_logprobs, atol=1e-5, rtol=0)
+    assert (policy_after - rollout.logprobs).abs().max() > 1e-3
+
+
+def _grads(module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+def test_ptx_gradient_is_additive_and_skips_the_separate_value_net(tmp_path):
+    """§4.5 #1 (accumulated grad = ∇L_ppo + 27.8·∇L_ptx) and #4 (ptx never reaches the value net)."""
+    from plugins.reward_model import RewardModel
+
+    rm = RewardModel(policy=compose(["model=tiny-gpt2"]).model)
+    rm.configure_model()
+    rm.save_pretrained(str(tmp_path / "rm"))
+    sep = ["algo.value_model=separate", f"algo.value_init_from={tmp_path / 'rm'}", "algo.ptx_ratio=2"]
+    module, dm = _module(sep)
+    rollout, _ = module.make_rollout(*_prompts(dm, 4))
+    from plugins.ppo import PtxStream
+
+    def run(ptx_coef: float, skip_ppo: bool = False):
+        module.zero_grad(set_to_none=True)
+        module.hparams.ptx_coef = ptx_coef
+        module.ptx = PtxStream([(r["prompt"], r["response"]) for r in dm.train_rows[:32]], seed=0)
+        if skip_ppo:
+            module._ptx_backward(2 * len(rollout))
+        else:
+            module.minibatch_backward(rollout)
+        return _grads(module)
+
+    both, ppo_only, ptx_only = run(27.8), run(0.0), run(1.0, skip_ppo=True)
+    for name, g in both.items():
+        expected = ppo_only.get(name, 0) + 27.8 * ptx_only.get(name, torch.zeros_like(g))
+        torch.testing.assert_close(g, expected, atol=1e-5, rtol=1e-4)
+    value_names = [n for n in both if n.startswith(("value_net.", "value_head."))]
+    assert value_names and all(n not in ptx_only for n in value_names)
+    for n in value_names:
+        torch.testing.assert_close(both[n], ppo_only[n], atol=0, rtol=0)
+
+
+def _fit(overrides, max_steps=1, model="tiny-gpt2"):
+    cfg = compose(["algo=ppo", f"model={model}", "run_dir=/tmp/unused", *QUICK, *FAST, *TOY_REWARD, *overrides])
+    L.seed_everything(0, verbose=False)
+    module = instantiate(cfg.algo, _convert_="all")
+    dm = instantiate(cfg.data, _convert_="all")
+    trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        limit_val_batches=0)
+    trainer.fit(module, datamodule=dm)
+    return module, trainer
+
+
+def test_ptx_coef_zero_is_bit_identical_to_ppo():
+    """§4.5 #2."""
+    ppo, _ = _fit([])
+    ptx0, _ = _fit(["algo.ptx_coef=0.0", "algo.ptx_ratio=8"])
+    for (n, a), (_, b) in zip(ppo.named_parameters(), ptx0.named_parameters()):
+        assert torch.equal(a, b), n
+
+
+def test_one_optimizer_step_per_minibatch_and_ptx_accounting():
+    """§4.5 #3 and #6 at small scale (batch 16, minibatch 4, 1 epoch -> 4 steps, 8x16 ptx sequences);
+    one Lightning step per iteration; the LR is constant within an iteration (§3.9 #12)."""
+    lrs: list[float] = []
+    original = torch.optim.Adam.step
+
+    def spy(self, *a, **k):
+        lrs.append(self.param_groups[0]["lr"])
+        return original(self, *a, **k)
+
+    torch.optim.Adam.step = spy
+    try:
+        module, trainer = _fit(["data.batch_size=16", "algo.minibatch_size=4", "algo.ppo_epochs=1",
+                                "algo.ptx_coef=1.0", "algo.ptx_ratio=8", "algo.schedule=linear"], max_steps=2)
+    finally:
+        torch.optim.Adam.step = original
+    assert trainer.global_step == 2  # iterations, not optimizer steps
+    assert len(lrs) == 8  # 2 iterations x 4 minibatches
+    assert lrs[:4] == [lrs[0]] * 4 and lrs[4:] == [lrs[4]] * 4 and lrs[4] == pytest.approx(lrs[0] / 2)
+    opt = trainer.optimizers[0]
+    steps = {int(s["step"]) for s in opt.state.values()}
+    assert steps == {8}
+    assert trainer.callback_metrics["ptx/sequences"].item() == 8 * 16
+    assert trainer.callback_metrics["ptx/ratio"].item() == 8
+    # InstructGPT's numbers: batch 512, minibatch 64, 1 epoch -> 8 steps and 8 x 512 pretraining sequences
+    buf = RolloutBuffer()
+    assert buf.num_minibatches(64) == 0
+    assert math.ceil(512 / 64) * 8 * 64 == 4096
+
+
+def test_ema_weights_are_tracked_and_saved(tmp_path):
+    module, trainer = _fit(["algo.ema_decay=0.5"], max_steps=1)
+    ema = module._ema_buffers()
+    live = module._policy_params()
+    assert any(not torch.equal(e, p) for e, p in zip(ema, live))
+    module.save_pretrained(str(tmp_path / "model"))
+    from transformers import AutoModelForCausalLM
+
+    saved = AutoModelForCausalLM.from_pretrained(str(tmp_path / "model"))
+    name, param = next((n, p) for n, p in module.policy.model.named_parameters() if p.requires_grad)
+    index = [n for n, p in module.policy.named_parameters() if p.requires_grad].index("model." + name)
+    torch.testing.assert_close(saved.state_dict()[name], ema[index])
+
+
+def test_kl_controller_state_survives_checkpoint():
+    module, trainer = _fit(["algo.kl_controller=adaptive", "algo.kl_target=0.001"], max_steps=2)
+    assert module.kl_ctl.value != 0.1  # the KL was above a tiny target: β moved
+    ckpt: dict = {}
+    module.on_save_checkpoint(ckpt)
+    other, _ = _module(["algo.kl_controller=adaptive"])
+    other.on_load_checkpoint(ckpt)
+    assert other.kl_ctl.value == module.kl_ctl.value
+
+
+def test_bad_reward_output_is_one_clear_error():
+    from feedback_lm.errors import UserError
+
+    module, dm = _module()
+    module.reward_fn = lambda p, r, t: [1.0]
+    with pytest.raises(UserError, match="one float per response"):
+        module.make_rollout(*_prompts(dm, 4))
+
+
+@pytest.mark.parametrize("algo", ["ppo", "ppo_ptx"])
+def test_check_plugin_both_families(algo):
+    check_plugin(algo, overrides=[*FAST, *TOY_REWARD, "algo.ptx_ratio=2"])
