@@ -26,7 +26,7 @@ from feedback_lm.errors import UserError
 from feedback_lm.label import campaign as sources
 from feedback_lm.label.config import MODES, CampaignConfig
 from feedback_lm.label.stats import format_stats, label_stats
-from feedback_lm.label.store import CAMPAIGN_FILE, SQLITE_FILE, Store, open_campaign
+from feedback_lm.label.store import CAMPAIGN_FILE, SQLITE_FILE, Store, check_items, open_campaign
 
 __all__ = ["main"]
 
@@ -58,6 +58,7 @@ def create(args: argparse.Namespace) -> None:
     config = CampaignConfig(mode=args.mode, likert=args.likert, flags=flags, overlap=args.overlap,
                             lease_seconds=args.lease_minutes * 60, instructions=args.instructions, source=source)
     gold = sources.read_gold(args.gold) if args.gold else []
+    check_items(items + gold)  # before anything is created
     name = args.name or directory.resolve().name
     directory.mkdir(parents=True, exist_ok=True)
     store = Store.create(args.db or str(directory / SQLITE_FILE), name, config)

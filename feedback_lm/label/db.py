@@ -142,6 +142,8 @@ class Database:
     def connection(self):
         """This thread's connection (opened on first use)."""
         conn = getattr(self._local, "conn", None)
+        if conn is not None and self.kind == "postgres" and (conn.closed or conn.broken):
+            conn = None  # the server restarted or dropped us: open a new connection
         if conn is None:
             conn = self._local.conn = self._connect()
             with self._lock:

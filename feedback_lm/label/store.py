@@ -41,7 +41,8 @@ from feedback_lm.errors import UserError
 from feedback_lm.label.config import CampaignConfig, LabelError, validate_label
 from feedback_lm.label.db import Database
 
-__all__ = ["Assignment", "Conflict", "NotFound", "Store", "SubmitResult", "hash_token", "open_campaign"]
+__all__ = ["Assignment", "Conflict", "NotFound", "Store", "SubmitResult", "check_items", "hash_token",
+           "open_campaign"]
 
 CAMPAIGN_FILE = "campaign.json"
 SQLITE_FILE = "labels.sqlite"
@@ -166,13 +167,9 @@ class Store:
             UserError: an item has a non-string prompt, fewer than 2 responses, or a gold ranking that is
                 not a partition of its response indices into >= 2 tiers.
         """
-        rows = []
-        for n, item in enumerate(items):
-            prompt, responses = item.get("prompt"), item.get("responses")
-            meta, gold = item.get("meta") or {}, item.get("gold")
-            _check_item(n, prompt, responses, meta, gold)
-            rows.append((prompt, json.dumps(responses), json.dumps(meta),
-                         None if gold is None else json.dumps(gold)))
+        items = check_items(items)
+        rows = [(it["prompt"], json.dumps(it["responses"]), json.dumps(it.get("meta") or {}),
+                 None if it.get("gold") is None else json.dumps(it["gold"])) for it in items]
         now, ids = self.clock(), []
         with self.db.transaction() as cur:
             for prompt, responses, meta, gold in rows:
@@ -381,6 +378,16 @@ class Store:
         return Assignment(id=r["id"], item_id=r["item_id"], prompt=r["prompt"], responses=json.loads(r["responses"]),
                           display_order=json.loads(r["display_order"]), expires_at=r["expires_at"],
                           draft=json.loads(r["draft"]) if r["draft"] else None, gold=r["gold"] is not None)
+
+
+def check_items(items: Iterable[dict]) -> list[dict]:
+    """The items as a list, after checking each (see :meth:`Store.add_items`); nothing is written."""
+    items = list(items)
+    for n, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise UserError(f"item {n}: expected an object with prompt and responses, got {type(item).__name__}")
+        _check_item(n, item.get("prompt"), item.get("responses"), item.get("meta") or {}, item.get("gold"))
+    return items
 
 
 def _check_item(n: int, prompt, responses, meta, gold) -> None:

@@ -82,17 +82,20 @@ class Server:
     def start(self, timeout: float = 60.0) -> Server:
         import subprocess
         import sys
+        import tempfile
         import time
 
         import httpx
 
+        self.log = tempfile.TemporaryFile()  # a file, not a pipe: a full pipe would block the server
         self.proc = subprocess.Popen([sys.executable, "-m", "feedback_lm.label", "serve", self.dir, "--port",
                                       str(self.port), "--log-level", "warning"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                     stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stdout.read().decode(errors='replace')}")
+                self.log.seek(0)
+                raise RuntimeError(f"server exited: {self.log.read().decode(errors='replace')}")
             try:
                 if httpx.get(self.url + "/api/health", timeout=1).status_code == 200:
                     return self
@@ -105,7 +108,7 @@ class Server:
         """SIGKILL: no shutdown handler, no flush; what was acknowledged must already be on disk."""
         self.proc.kill()
         self.proc.wait(timeout=30)
-        self.proc.stdout.close()
+        self.log.close()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -115,8 +118,8 @@ class Server:
             except Exception:  # noqa: BLE001 - it must not outlive the test
                 self.proc.kill()
                 self.proc.wait(timeout=10)
-        if self.proc is not None and not self.proc.stdout.closed:
-            self.proc.stdout.close()
+        if self.proc is not None and not self.log.closed:
+            self.log.close()
 
 
 def make_campaign(directory, item_list: list[dict], **config) -> None:

@@ -17,10 +17,12 @@ const state = {
 };
 
 // ------------------------------------------------------------------------------------------ API
-async function api(method, path, body) {
+async function api(method, path, body, keepalive) {
   const headers = { Authorization: "Bearer " + state.token };
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const response = await fetch(path, {
+    method, headers, keepalive: Boolean(keepalive), body: body === undefined ? undefined : JSON.stringify(body),
+  });
   let data = null;
   try { data = await response.json(); } catch (_) { data = null; }
   if (!response.ok) {
@@ -190,14 +192,22 @@ function change(mutate) {
   render();
   $("draft-status").textContent = "Saving draft…";
   clearTimeout(state.saveTimer);
-  state.saveTimer = setTimeout(saveDraft, 200);
+  state.saveTimer = setTimeout(() => { state.saveTimer = null; saveDraft(false); }, 200);
 }
 
-async function saveDraft() {
+// Leaving or reloading the page within the 200 ms: send the pending draft anyway.
+function flushDraft() {
+  if (state.saveTimer === null) return;
+  clearTimeout(state.saveTimer);
+  state.saveTimer = null;
+  saveDraft(true);
+}
+
+async function saveDraft(keepalive) {
   const item = state.item;
   if (!item) return;
   try {
-    await api("PUT", `/api/assignments/${item.assignment_id}/draft`, state.draft);
+    await api("PUT", `/api/assignments/${item.assignment_id}/draft`, state.draft, keepalive);
     if (state.item === item) $("draft-status").textContent = "Draft saved";
   } catch (error) {
     if (state.item === item) $("draft-status").textContent = "Draft not saved: " + error.message;
@@ -233,6 +243,7 @@ async function submit() {
   state.submitting = true;
   $("submit").disabled = true;
   clearTimeout(state.saveTimer);
+  state.saveTimer = null;
   const item = state.item;
   try {
     // A retry after a lost answer sends the same idempotency key, so the store keeps one label.
@@ -293,5 +304,6 @@ document.addEventListener("DOMContentLoaded", () => {
   $("signout").addEventListener("click", signOut);
   $("submit").addEventListener("click", submit);
   document.addEventListener("keydown", onKey);
+  window.addEventListener("pagehide", flushDraft);
   if (state.token) signIn(state.token); else show("signin");
 });
