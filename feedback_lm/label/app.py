@@ -24,7 +24,7 @@ a Content-Security-Policy that allows no inline script, so a response holding ``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -104,11 +104,13 @@ def create_app(store: Store) -> FastAPI:
         return _public(assignment)
 
     @app.put("/api/assignments/{assignment_id}/draft")
-    def save_draft(assignment_id: int, draft: Any = Body(...), who: tuple[int, str] = Depends(labeler)) -> dict:
+    def save_draft(assignment_id: int, draft: Annotated[Any, Body()],
+                   who: tuple[int, str] = Depends(labeler)) -> dict:
         return {"ok": True, "expires_at": store.save_draft(who[0], assignment_id, draft)}
 
     @app.post("/api/assignments/{assignment_id}/label")
-    def submit(assignment_id: int, label: Any = Body(...), who: tuple[int, str] = Depends(labeler)) -> dict:
+    def submit(assignment_id: int, label: Annotated[Any, Body()],
+               who: tuple[int, str] = Depends(labeler)) -> dict:
         result = store.submit(who[0], assignment_id, label)
         return {"label_id": result.label_id, "duplicate": result.duplicate, "late": result.late}
 

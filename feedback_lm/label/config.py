@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 from feedback_lm.errors import UserError
 
-__all__ = ["CampaignConfig", "LabelError", "ValidLabel", "validate_label", "tiers_to_ranking"]
+__all__ = ["CampaignConfig", "LabelError", "ValidLabel", "tiers_to_ranking", "validate_label"]
 
 MODES = ("best", "rank")
 LIKERT_RANGE = (1, 7)  # InstructGPT's 1-7 overall quality scale (Ouyang et al. 2022, appendix B)

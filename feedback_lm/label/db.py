@@ -27,7 +27,7 @@ from pathlib import Path
 
 from feedback_lm.errors import UserError
 
-__all__ = ["Database", "SCHEMA"]
+__all__ = ["SCHEMA", "Database"]
 
 # One schema for both databases; {pk} is the only dialect-specific piece. Times are Unix seconds,
 # JSON values are TEXT (portable, and the store only ever reads them whole).

@@ -23,7 +23,7 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> float:
     pairs = list(combinations(sorted(ra), 2))
     if sorted(ra) != sorted(rb) or not pairs:
         raise ValueError(f"labels over different responses: {a} vs {b}")
-    sign = lambda r, i, j: (r[i] > r[j]) - (r[i] < r[j])  # noqa: E731
+    sign = lambda r, i, j: (r[i] > r[j]) - (r[i] < r[j])
     return sum(sign(ra, i, j) == sign(rb, i, j) for i, j in pairs) / len(pairs)
 
 
@@ -52,7 +52,7 @@ def label_stats(rows: list[dict], counts: dict | None = None) -> dict:
             value = agreement(x["tiers"], y["tiers"])
             per[x["labeler"]]["peer"].append(value)
             per[y["labeler"]]["peer"].append(value)
-    mean = lambda v: round(statistics.fmean(v), 4) if v else None  # noqa: E731
+    mean = lambda v: round(statistics.fmean(v), 4) if v else None
     labelers = {
         name: {"labels": len(s["seconds"]), "late": s["late"], "seconds_mean": mean(s["seconds"]),
                "seconds_median": round(statistics.median(s["seconds"]), 4),
@@ -70,7 +70,7 @@ def format_stats(stats: dict) -> str:
     lines = [", ".join(f"{k}: {v}" for k, v in c.items())] if c else []
     head = ("labeler", "labels", "late", "sec/item", "gold n", "gold agr", "peer n", "peer agr", "flagged")
     table = [head]
-    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)
     for name, s in stats["labelers"].items():
         table.append((name, str(s["labels"]), str(s["late"]), fmt(s["seconds_median"], ".1f"),
                       str(s["gold_items"]), fmt(s["gold_agreement"], ".2f"), str(s["peer_items"]),

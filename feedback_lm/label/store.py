@@ -345,7 +345,7 @@ class Store:
     def counts(self) -> dict:
         """Campaign progress: items, gold items, labels, live leases, items with all slots labeled."""
         with self.db.transaction(write=False) as cur:
-            q = lambda sql: cur.execute(sql, (self.campaign_id,)).one()["n"]  # noqa: E731
+            q = lambda sql: cur.execute(sql, (self.campaign_id,)).one()["n"]
             return {
                 "items": q("SELECT COUNT(*) AS n FROM items WHERE campaign_id = ?"),
                 "gold_items": q("SELECT COUNT(*) AS n FROM items WHERE campaign_id = ? AND gold IS NOT NULL"),

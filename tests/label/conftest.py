@@ -13,7 +13,6 @@ import pytest
 from tests.label.helpers import PG_URL, FakeClock, make_store, need_service, reset_postgres
 
 
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(request, tmp_path) -> str:
     """A fresh, empty database of each kind."""

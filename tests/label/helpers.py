@@ -87,7 +87,8 @@ class Server:
 
         import httpx
 
-        self.log = tempfile.TemporaryFile()  # a file, not a pipe: a full pipe would block the server
+        # A file, not a pipe: a full pipe would block the server. Closed in kill()/stop().
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115
         self.proc = subprocess.Popen([sys.executable, "-m", "feedback_lm.label", "serve", self.dir, "--port",
                                       str(self.port), "--log-level", "warning"],
                                      stdout=self.log, stderr=subprocess.STDOUT)

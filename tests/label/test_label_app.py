@@ -7,10 +7,10 @@ import threading
 import pytest
 
 pytest.importorskip("fastapi", reason="the label extra is not installed: pip install '.[label]'")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from feedback_lm.label.app import create_app  # noqa: E402
-from tests.label.helpers import make_store, rank_label  # noqa: E402
+from feedback_lm.label.app import create_app
+from tests.label.helpers import make_store, rank_label
 
 
 @pytest.fixture
@@ -137,7 +137,7 @@ def test_late_label_kept(setup, clock):
 
 
 def test_page_and_security_headers(setup):
-    store, client, tokens = setup
+    _, client, _ = setup
     page = client.get("/")
     assert page.status_code == 200 and "<script src=\"/static/app.js\"" in page.text
     csp = page.headers["content-security-policy"]

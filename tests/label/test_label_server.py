@@ -7,8 +7,8 @@ import pytest
 httpx = pytest.importorskip("httpx", reason="the test extra is not installed: pip install '.[test]'")
 pytest.importorskip("uvicorn", reason="the label extra is not installed: pip install '.[label]'")
 
-from feedback_lm.label.store import open_campaign  # noqa: E402
-from tests.label.helpers import Server, items, make_campaign, rank_label  # noqa: E402
+from feedback_lm.label.store import open_campaign
+from tests.label.helpers import Server, items, make_campaign, rank_label
 
 
 def test_acknowledged_label_survives_kill_9(tmp_path):
