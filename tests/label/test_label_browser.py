@@ -180,3 +180,29 @@ def test_double_clicked_submit_stores_one_label(site):
     wait(driver, lambda d: by_id(d, "prompt").text != prompt)
     assert by_id(driver, "status").text == "Saved."
     assert len([r for r in store.labeled_rows() if r["labeler"] == name]) == 1
+
+
+@pytest.mark.slow  # a second server (a few seconds)
+def test_best_of_k_mode_with_buttons(site, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    driver, _, _ = site
+    make_campaign(tmp_path / "best", items(2), mode="best")  # no Likert, no flags
+    store = open_campaign(tmp_path / "best")
+    server = Server(tmp_path / "best").start()
+    try:
+        sign_in(driver, server, store.add_labeler("picker"))
+        assert by_id(driver, "task-line").text == "Pick the best of the 4 responses"
+        assert driver.find_elements(By.CSS_SELECTOR, "button.rank, button.likert, button.flag") == []
+        prompt = by_id(driver, "prompt").text
+        chosen = cards(driver)[2]
+        index = int(chosen.get_attribute("data-index"))
+        chosen.find_element(By.CSS_SELECTOR, "button.best").click()
+        wait(driver, lambda d: not by_id(d, "submit").get_attribute("disabled"))
+        by_id(driver, "submit").click()
+        wait(driver, lambda d: by_id(d, "prompt").text != prompt)
+        (row,) = store.export_labeled()
+        assert row.best == index and row.meta["likert"] is None and row.meta["flags"] == [[], [], [], []]
+    finally:
+        server.stop()
+        store.close()
