@@ -62,8 +62,7 @@ def create(args: argparse.Namespace) -> None:
     name = args.name or directory.resolve().name
     directory.mkdir(parents=True, exist_ok=True)
     store = Store.create(args.db or str(directory / SQLITE_FILE), name, config)
-    store.add_items(items)
-    store.add_items(gold)
+    store.add_items(sources.interleave_gold(items, gold))
     store.close()
     (directory / CAMPAIGN_FILE).write_text(json.dumps({"name": name, "db": args.db}, indent=2) + "\n")
     print(f"created campaign {name!r} in {directory}: {len(items)} items, {len(gold)} gold items, "

@@ -18,7 +18,7 @@ from typing import Any
 from feedback_lm.data.comparisons import load_comparisons
 from feedback_lm.errors import UserError
 
-__all__ = ["read_gold", "read_items", "read_prompts", "sample_items", "task_prompts"]
+__all__ = ["interleave_gold", "read_gold", "read_items", "read_prompts", "sample_items", "task_prompts"]
 
 
 def read_prompts(path: str | os.PathLike) -> list[str]:
@@ -116,3 +116,18 @@ def read_gold(path: str | os.PathLike) -> list[dict]:
     """Gold items from a comparisons JSONL: the row's label is the known answer (``gold`` tiers)."""
     return [{"prompt": c.prompt, "responses": c.responses, "meta": c.meta, "gold": c.tiers}
             for c in load_comparisons(path)]
+
+
+def interleave_gold(items: list[dict], gold: list[dict]) -> list[dict]:
+    """Spread gold items evenly through the others (people get items in this order, so gold items at
+    the end would only be seen once everything else is labeled).
+
+    Example: 6 items and 2 gold items give ``i i g i i g i i``.
+    """
+    out, step = [], len(items) / (len(gold) + 1)
+    cuts = [round(step * (j + 1)) for j in range(len(gold))]
+    start = 0
+    for g, cut in zip(gold, cuts):
+        out += items[start:cut] + [g]
+        start = cut
+    return out + items[start:]

@@ -136,6 +136,16 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys, campaign):
     assert not (tmp_path / "n2" / "campaign.json").exists()
 
 
+def test_gold_items_are_spread_through_the_campaign():
+    from feedback_lm.label.campaign import interleave_gold
+
+    regular, gold = [{"n": i} for i in range(6)], [{"g": 0}, {"g": 1}]
+    mixed = interleave_gold(regular, gold)
+    assert ["g" in x for x in mixed] == [False, False, True, False, False, True, False, False]
+    assert [x["n"] for x in mixed if "n" in x] == list(range(6))
+    assert interleave_gold(regular, []) == regular and interleave_gold([], gold) == gold
+
+
 def test_agreement_metric():
     assert agreement([[0], [1], [2]], [[0], [1], [2]]) == 1.0
     assert agreement([[0], [1], [2]], [[2], [1], [0]]) == 0.0
