@@ -14,8 +14,9 @@ from tests.label.helpers import make_store, rank_label
 
 
 @pytest.fixture
-def setup(tmp_path, clock):
-    store = make_store(str(tmp_path / "labels.sqlite"), clock, n_items=3, mode="rank", overlap=1, likert=True,
+def setup(db_url, clock):
+    """The app over a rank campaign (3 items + one hostile item, overlap 1) on SQLite and PostgreSQL."""
+    store = make_store(db_url, clock, n_items=3, mode="rank", overlap=1, likert=True,
                        flags=["harmful", "fails_instruction"], lease_seconds=60)
     store.add_items([{"prompt": "evil", "responses": ["<script>alert(1)</script>", "<img src=x onerror=alert(2)>"]}])
     client = TestClient(create_app(store))
