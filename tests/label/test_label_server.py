@@ -11,6 +11,7 @@ from feedback_lm.label.store import open_campaign
 from tests.label.helpers import Server, items, make_campaign, rank_label
 
 
+@pytest.mark.slow  # two server start-ups (a few seconds each on a busy machine)
 def test_acknowledged_label_survives_kill_9(tmp_path):
     make_campaign(tmp_path / "c", items(2), mode="rank", likert=True, flags=["harmful"])
     store = open_campaign(tmp_path / "c")
