@@ -4,8 +4,10 @@ InstructGPT K-wise ranking (arXiv 2203.02155 §3.5).
 The reward model is the language model with its unembedding unused and a fresh scalar head
 (``N(0, 1/sqrt(d+1))``, spec §2.0) read at the last real token of ``[prompt; response]`` (for
 encoder-decoder models the prompt goes to the encoder and the head reads the decoder state at the
-response's EOS). The wrapped reward is ``gain * r_raw + bias`` with ``gain``/``bias`` non-trainable
-buffers set by the normalisation (spec §2.a Ziegler, §2.b InstructGPT), saved with the model.
+response's EOS). ``pooling=mean`` [PROJECT] averages the head over every response position instead
+(on simulated word_sorting labels it was far more accurate: bench/README.md, reward-model accuracy).
+The wrapped reward is ``gain * r_raw + bias`` with ``gain``/``bias`` non-trainable buffers set by the
+normalisation (spec §2.a Ziegler, §2.b InstructGPT), saved with the model.
 
 Each batch element is one prompt with all of its K responses: K forward passes per prompt, never
 2*C(K,2) (InstructGPT §3.5).
@@ -27,6 +29,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from feedback_lm.data.comparisons import Comparison
@@ -36,6 +39,7 @@ from feedback_lm.optim import build_adamw, build_scheduler
 from feedback_lm.policy import Policy
 
 LOSSES = ("ranking", "best_of_k")
+POOLINGS = ("last", "mean")
 NORMALIZATIONS = ("none", "ziegler", "demos")
 HEAD_FILE = "reward_head.safetensors"
 
@@ -122,14 +126,18 @@ class RewardModel(L.LightningModule):
             before and after training); ``demos`` (bias so the task demonstrations average 0).
         normalize_samples: prompts sampled for the Ziegler normalisation.
         sample_temperature / max_new_tokens: how the normalisation samples are drawn.
+        pooling: ``last``: the head reads the state at the last real token (spec §2.0); ``mean``: the
+            head scores every response position and the reward is their mean [PROJECT].
     """
 
     def __init__(self, policy: ModelConfig | Mapping[str, Any], init_from: str | None = None,
                  loss: str = "ranking", lr: float = 5e-5, weight_decay: float = 0.0, adam_eps: float = 1e-5,
                  schedule: str = "linear", warmup_steps: int = 0, min_lr_ratio: float = 0.0,
                  normalize: str = "none", normalize_samples: int = 256, sample_temperature: float = 1.0,
-                 max_new_tokens: int = 32, max_grad_norm: float | None = 1.0):
+                 max_new_tokens: int = 32, max_grad_norm: float | None = 1.0, pooling: str = "last"):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise UserError(f"unknown algo.pooling '{pooling}'; choose one of {list(POOLINGS)}")
         if loss not in LOSSES:
             raise UserError(f"unknown algo.loss '{loss}'; choose one of {list(LOSSES)}")
         if normalize not in NORMALIZATIONS:
@@ -158,9 +166,15 @@ class RewardModel(L.LightningModule):
 
     # -------------------------------------------------------------------------------------- reward
     def raw_rewards(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        """Head output at the last real token, before gain/bias: ``[N]`` fp32."""
+        """Head output at the last real token (``pooling=last``) or averaged over the response
+        positions (``pooling=mean``), before gain/bias: ``[N]`` fp32."""
         enc = self.policy.encode_batch(prompts, responses, self.device)
-        return self.head(self.policy(**enc, output_hidden=True).last_hidden)
+        out = self.policy(**enc, output_hidden=True)
+        if self.hparams.pooling == "last":
+            return self.head(out.last_hidden)
+        # mean: the head on every response position (state t has read y_<t), averaged over the response
+        mask = enc["response_mask"].float()
+        return (self.head(out.hidden) * mask).sum(-1) / mask.sum(-1)
 
     def rewards(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
         """Normalised rewards ``gain * r_raw + bias``: ``[N]`` fp32."""
@@ -267,22 +281,25 @@ class RewardModel(L.LightningModule):
 
     # ---------------------------------------------------------------------------------------- export
     def save_pretrained(self, directory: str) -> None:
-        """The LM backbone in Hugging Face format plus ``reward_head.safetensors`` (head, gain, bias):
-        what ``reward=model reward.path=<directory>`` loads."""
+        """The LM backbone in Hugging Face format plus ``reward_head.safetensors`` (head, gain, bias; the
+        pooling in its metadata): what ``reward=model reward.path=<directory>`` loads."""
         self.policy.model.save_pretrained(directory)
         self.policy.tokenizer.save_pretrained(directory)
         tensors = {f"head.{k}": v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
         tensors.update(gain=self.gain.detach().cpu().reshape(1), bias=self.bias.detach().cpu().reshape(1))
-        save_file(tensors, str(Path(directory) / HEAD_FILE))
+        save_file(tensors, str(Path(directory) / HEAD_FILE), metadata={"pooling": self.hparams.pooling})
 
 
 def load_reward_model(directory: str, device: str | torch.device = "cpu") -> RewardModel:
-    """Load a reward model written by :meth:`RewardModel.save_pretrained` (frozen, eval mode)."""
+    """Load a reward model written by :meth:`RewardModel.save_pretrained` (frozen, eval mode, with the
+    pooling it was trained with)."""
     head_path = Path(directory) / HEAD_FILE
     if not head_path.is_file():
         raise UserError(f"{directory} is not a reward model of ours (no {HEAD_FILE}); train one with "
                         f"`python train.py algo=reward_model` and point at its run's model/ directory")
-    rm = RewardModel({"name": "reward_model", "name_or_path": str(directory)})
+    with safe_open(str(head_path), framework="pt") as f:
+        pooling = (f.metadata() or {}).get("pooling", "last")  # files written before pooling existed: last
+    rm = RewardModel({"name": "reward_model", "name_or_path": str(directory)}, pooling=pooling)
     rm.configure_model()
     tensors = load_file(str(head_path))
     rm.head.load_state_dict({k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")})

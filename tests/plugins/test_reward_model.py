@@ -95,13 +95,14 @@ def test_pairwise_accuracy():
     assert pairwise_accuracy(r, [[[0], [1], [2]]]) == (1, 3)
 
 
+@pytest.mark.parametrize("pooling", ["last", "mean"])
 @pytest.mark.parametrize("preset", ["tiny-t5", "tiny-gpt2"])
-def test_reward_read_out_ignores_batch_padding(preset):
+def test_reward_read_out_ignores_batch_padding(preset, pooling):
     """Spec §2.d #8 at the module level: a response scores the same alone and next to a longer one."""
     from plugins.reward_model import RewardModel
 
     torch.manual_seed(0)
-    rm = RewardModel({"name": preset, "preset": preset, "tokenizer": "byte"})
+    rm = RewardModel({"name": preset, "preset": preset, "tokenizer": "byte"}, pooling=pooling)
     rm.configure_model()
     rm.eval()
     alone = rm.rewards(["Q: sort b a\nA:"], [" a b"])
@@ -109,6 +110,42 @@ def test_reward_read_out_ignores_batch_padding(preset):
     torch.testing.assert_close(alone[0], batch[0], atol=1e-5, rtol=0)
     trainable = {n for n, p in rm.named_parameters() if p.requires_grad}
     assert "head.linear.weight" in trainable
+
+
+def test_mean_pooling_averages_the_head_over_response_positions():
+    from plugins.reward_model import RewardModel
+
+    torch.manual_seed(0)
+    rm = RewardModel({"name": "tiny-t5", "preset": "tiny-t5", "tokenizer": "byte"}, pooling="mean")
+    rm.configure_model()
+    rm.eval()
+    enc = rm.policy.encode_batch(["Q: sort b a\nA:"], [" a b"])
+    hidden = rm.policy(**enc, output_hidden=True).hidden[0]  # [R,d], R = 4 bytes + EOS
+    assert hidden.shape[0] == 5
+    torch.testing.assert_close(rm.raw_rewards(["Q: sort b a\nA:"], [" a b"])[0], rm.head(hidden).mean())
+
+
+def test_unknown_pooling_is_a_user_error():
+    from feedback_lm.errors import UserError
+    from plugins.reward_model import RewardModel
+
+    with pytest.raises(UserError, match="algo.pooling"):
+        RewardModel({"name": "tiny-t5", "preset": "tiny-t5", "tokenizer": "byte"}, pooling="max")
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_saved_reward_model_reloads_with_its_pooling(tmp_path, pooling):
+    from plugins.reward_model import RewardModel, load_reward_model
+
+    torch.manual_seed(0)
+    rm = RewardModel({"name": "tiny-t5", "preset": "tiny-t5", "tokenizer": "byte"}, pooling=pooling)
+    rm.configure_model()
+    rm.eval()
+    rm.save_pretrained(str(tmp_path))
+    loaded = load_reward_model(str(tmp_path))
+    assert loaded.hparams.pooling == pooling
+    prompts, responses = ["Q: sort b a\nA:"] * 2, [" a b", " b a c"]
+    torch.testing.assert_close(loaded.rewards(prompts, responses), rm.rewards(prompts, responses), atol=1e-5, rtol=0)
 
 
 def test_generated_comparisons_are_ranked_by_the_verifier():
@@ -129,7 +166,7 @@ def test_reward_model_plugin_contract():
         results = check_plugin("reward_model", overrides=["data=comparisons", f"algo.loss={loss}"],
                                models=("tiny-t5", "tiny-gpt2") if loss == "ranking" else ("tiny-gpt2",))
         for metrics in results.values():
-            assert {"train/loss", "val/accuracy", "val/top1"} <= set(metrics)
+            assert {"train/loss", "val/accuracy", "val/top1", "val/reward_chosen", "val/reward_rejected"} <= set(metrics)
 
 
 def test_ziegler_normalisation_end_to_end(tmp_path):
@@ -159,3 +196,31 @@ def test_ziegler_normalisation_end_to_end(tmp_path):
     loaded = load_reward_model(str(tmp_path / "rm"))
     p, y = after[0]
     torch.testing.assert_close(loaded.rewards([p], [y]), rm.eval().rewards([p], [y]), atol=1e-5, rtol=0)
+
+
+def test_best_of_k_rows_report_top1_and_chosen_rejected(tmp_path):
+    """Best-of-K data ({"best": i} rows): validation logs top-1 and the chosen/rejected reward means."""
+    import json
+
+    import lightning as L
+
+    from feedback_lm.data.datamodule import ComparisonDataModule
+    from plugins.reward_model import RewardModel
+
+    rows = [{"prompt": f"Q: sort {w} a\nA:", "responses": [" a " + w, " " + w + " a", " x", " a"], "best": 0}
+            for w in ("b", "c", "d", "e")]
+    path = tmp_path / "best.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dm = ComparisonDataModule(source="jsonl", path=str(path), val_path=str(path), batch_size=2, eval_batch_size=2)
+    torch.manual_seed(0)
+    rm = RewardModel({"name": "tiny-gpt2", "preset": "tiny-gpt2", "tokenizer": "byte"}, loss="best_of_k")
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    metrics = trainer.validate(rm, datamodule=dm, verbose=False)[0]
+    assert {"val/accuracy", "val/top1", "val/reward_chosen", "val/reward_rejected"} <= set(metrics)
+    # recompute: top-1 = share of prompts whose best response gets the highest reward
+    rm.eval()
+    with torch.no_grad():
+        r = rm._batch_rewards(dm.val_rows)
+    assert metrics["val/top1"] == pytest.approx((r.argmax(-1) == 0).float().mean().item(), abs=1e-6)
+    assert metrics["val/reward_chosen"] == pytest.approx(r[:, 0].mean().item(), abs=1e-5)
+    assert metrics["val/reward_rejected"] == pytest.approx(r[:, 1:].mean().item(), abs=1e-5)
