@@ -20,7 +20,7 @@ Usage::
     python bench/bench_rm_accuracy.py --work /tmp/rm_acc                 # everything (CPU: hours)
     python bench/bench_rm_accuracy.py --work /tmp/rm_acc --device cuda   # minutes on one GPU
     python bench/bench_rm_accuracy.py --work /tmp/rm_acc --sft outputs/DATE/TIME/model
-    python bench/bench_rm_accuracy.py --work /tmp/rm_smoke --smoke       # plumbing check, tiny sizes
+    python bench/bench_rm_accuracy.py --work /tmp/rm_smoke --smoke --sft outputs/DATE/TIME/model  # plumbing
 
 Prints one JSON summary (also ``<work>/summary.json``): the sizes, every command line, the wall time of
 each stage and the accuracies. Results are recorded in bench/README.md (reward-model accuracy).
@@ -114,7 +114,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--pooling", default="mean", choices=("last", "mean"))
     p.add_argument("--batch-size", type=int, default=16, help="prompts per reward-model batch")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes and few steps: checks the plumbing only")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny sizes and few steps: checks the plumbing only. Pass --sft too: the 20-step SFT "
+                        "model of a smoke run samples no comparison pairs, so the run stops after collection")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     work = Path(args.work).resolve()
@@ -148,6 +150,10 @@ def main() -> None:
         summary["commands"][f"collect_{name}"] = shlex.join(cmd)
         summary["wall_s"][f"collect_{name}"] = run(cmd, work / f"collect_{name}.log")
         summary[f"collect_{name}"] = (work / f"collect_{name}.log").read_text().strip().splitlines()[-3:]
+    for name in ("train", "val_all"):
+        if not (work / f"{name}.jsonl").read_text().strip():
+            sys.exit(f"{name}: no comparison pairs (every prompt's samples tied, see {work}/collect_{name}.log); "
+                     f"the SFT model {sft} has not learned the task (with --smoke, pass --sft <trained model>)")
     summary["data"] = heldout(work / "train.jsonl", work / "val_all.jsonl", work / "val_heldout.jsonl")
 
     # 3. the reward model, initialised from the SFT model
