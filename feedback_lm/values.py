@@ -128,9 +128,7 @@ def run_program(source: str, limits: ProgramLimits = ProgramLimits()) -> int | f
         raise ProgramError(f"syntax error on line {e.lineno}") from None
     except (RecursionError, MemoryError, ValueError):
         raise ProgramError("program too deeply nested") from None
-    n_nodes = 0
-    for node in ast.walk(tree):
-        n_nodes += 1
+    for n_nodes, node in enumerate(ast.walk(tree), start=1):
         if n_nodes > limits.max_nodes:
             raise ProgramError(f"program too large (more than {limits.max_nodes} syntax nodes)")
         if not isinstance(node, _ALLOWED_NODES):
@@ -207,7 +205,7 @@ class _Interpreter:
                 raise ProgramError(f"{node.func.id}(): {e}") from None
         raise ProgramError(f"{type(node).__name__} is not allowed")  # unreachable after the AST check
 
-    def _binop(self, op: ast.operator, a: int | float, b: int | float) -> int | float:
+    def _binop(self, op: ast.operator, a: float, b: float) -> int | float:
         if isinstance(op, ast.Pow):
             if abs(b) > self.limits.max_exponent:
                 raise ProgramError(f"exponent too large (|{b}| > {self.limits.max_exponent})")
