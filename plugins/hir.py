@@ -16,12 +16,13 @@ that needs it. That keeps ``trainer.global_step`` = optimizer steps, so ``traine
 checkpoints (a checkpoint mid-iteration stores the buffer, the remaining minibatch plan and the RNG
 state, and resumes exactly there), ``check_plugin`` and the progress bar all mean what they say.
 
-``warm_start_steps`` [PROJECT]: a tiny model built from scratch never samples a correct answer, so
-it cannot learn from hindsight alone; the paper starts from FLAN-T5, which is instruction-tuned. The
-tiny presets therefore first take that many supervised steps on gold answers (the datamodule's
-batches, under the original instruction) to stand in for the instruction-tuned base model. It is 0
-for real models. ``hir/accuracy`` at iteration 0 (``hir/accuracy_base``) is the accuracy of that base
-model, the number HIR's gain is measured against.
+``warm_start_steps`` [PROJECT]: a tiny model built from scratch never samples a correct answer and
+does not read instructions, so it cannot learn from hindsight alone; the paper starts from FLAN-T5,
+which is instruction-tuned. The tiny presets therefore first take that many supervised steps on the
+datamodule's batches (gold answers under the original instruction and, with ``warm_start_wrong``,
+corrupted answers under the wrong-answer instruction) to stand in for the instruction-tuned base
+model. It is 0 for real models. ``hir/accuracy`` at iteration 0 (``hir/accuracy_base``) is the accuracy
+of that base model, the number HIR's gain is measured against.
 
 Run: ``python train.py algo=hir`` (tiny-t5, generated word_sorting, CPU);
 ``python train.py algo=hir model=flan-t5-large data=bbh data.task=date_understanding trainer=gpu``
@@ -369,8 +370,11 @@ class HIR(L.LightningModule):
         if not self._plan:
             self._start_iteration()  # evaluate -> 1. collect -> 2. score -> 3. buffer -> plan the epochs
         # 4. update: one offline optimizer step on one minibatch of relabeled examples
-        rows = [self.buffer.rows[i] for i in self._plan.pop(0)]
+        stored = self.buffer.rows
+        rows = [stored[i] for i in self._plan.pop(0)]
         opt = self.optimizers()
+        for group in opt.param_groups:  # constant LR (spec §5.7), also after a warm start or a resume
+            group["lr"] = hp.lr
         opt.zero_grad()
         chunk = hp.micro_batch_size or len(rows)
         totals = {"loss": 0.0, "sup": 0.0, "con": 0.0, "ent": 0.0}
@@ -412,9 +416,6 @@ class HIR(L.LightningModule):
         if hp.max_grad_norm:
             self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
         opt.step()
-        if self.global_step >= hp.warm_start_steps:  # the last warm-start step: back to HIR's LR
-            for group in opt.param_groups:
-                group["lr"] = hp.lr
         self.log("warm_start/loss", loss)
         self.log("train/loss", loss, prog_bar=True)  # same arguments as the HIR steps' (Lightning requires it)
 
@@ -458,7 +459,8 @@ class HIR(L.LightningModule):
         hp = self.hparams
         if self._val_idx:
             with torch.no_grad():
-                rows = [self.buffer.rows[i] for i in self._val_idx]
+                stored = self.buffer.rows
+                rows = [stored[i] for i in self._val_idx]
                 nll = [self._loss_terms(rows[i: i + hp.batch_size], sub_output=False)["nll"]
                        for i in range(0, len(rows), hp.batch_size)]
             self.log("hir/val_nll", torch.cat(nll).mean(), sync_dist=True)
