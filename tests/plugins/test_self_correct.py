@@ -254,7 +254,8 @@ def test_bad_settings_are_user_errors():
 @pytest.mark.slow
 def test_toy_integration_sorted_digits(tmp_path):
     """#8: tiny GPT-2, output the sorted digits of x, v = share of adjacent pairs in order, generator =
-    the untrained sampler. Three iterations raise the mean v after one correction above the generator's
+    the untrained sampler (alpha=5 favours the larger improvements). Three iterations raise the mean v after
+    one correction above the generator's
     (both sampled at temperature 1: the greedy decode of an untrained model is one repeated character)."""
     import lightning as L
 
@@ -270,23 +271,23 @@ def test_toy_integration_sorted_digits(tmp_path):
     L.seed_everything(0)
     tiny = {"name": "tiny-gpt2", "preset": "tiny-gpt2", "tokenizer": "byte"}
     module = SelfCorrect(tiny, corrector_init="scratch", value={"name": f"{__name__}.OrderedValue"},
-                         use_feedback=False, batch_size=16, updates_per_step=20, lr=3e-3, max_new_tokens=8,
+                         use_feedback=False, alpha=5.0, batch_size=16, updates_per_step=40, lr=3e-3, max_new_tokens=8,
                          num_corrections=1)
     data = TaskDataModule(task="sc_sorted_digits", num_train=64, num_val=32, batch_size=16, eval_batch_size=32)
-    trainer = L.Trainer(accelerator="cpu", max_steps=3 * 20, logger=False, enable_checkpointing=False,
+    trainer = L.Trainer(accelerator="cpu", max_steps=3 * 40, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         val_check_interval=None, check_val_every_n_epoch=None, default_root_dir=str(tmp_path))
     trainer.fit(module, datamodule=data)
     assert int(module.iterations) == 3
     # v of the untrained sampler's outputs vs v after one (sampled) correction of those same outputs
-    prompts = [r["prompt"] for r in data.val_rows for _ in range(4)]
-    targets = [r["target"] for r in data.val_rows for _ in range(4)]
+    prompts = [r["prompt"] for r in data.val_rows for _ in range(8)]
+    targets = [r["target"] for r in data.val_rows for _ in range(8)]
     torch.manual_seed(1)
     y0 = module.generator.generate_text(prompts, max_new_tokens=8, do_sample=True)
     v0, f0 = judge(module.value_fn, prompts, y0, targets)
     y1 = module._sample_corrections(prompts, y0, f0)
     v1, _ = judge(module.value_fn, prompts, y1, targets)
-    assert v1.mean() > v0.mean() + 0.05, (v0.mean(), v1.mean())
+    assert v1.mean() > v0.mean() + 0.03, (v0.mean(), v1.mean())
     metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
     assert {"self_correct/value@0", "self_correct/value@1", "val/value"} <= set(metrics)
     assert (tmp_path / "self_correct_curve.png").is_file()
