@@ -5,7 +5,12 @@ import json
 import pytest
 
 from feedback_lm.data.gsm8k import (
-    GRADED_MODELS, correction_pairs, final_answer, load_graded_solutions, load_gsm8k, prompt_for,
+    GRADED_MODELS,
+    correction_pairs,
+    final_answer,
+    load_graded_solutions,
+    load_gsm8k,
+    prompt_for,
 )
 from feedback_lm.errors import UserError
 from feedback_lm.values import FinalAnswerValue

@@ -7,8 +7,19 @@ import torch
 
 from feedback_lm.errors import UserError
 from feedback_lm.values import (
-    FinalAnswerValue, Judgement, LexicalValue, ProgramError, ProgramLimits, ProgramValue, TaskValue, ValueFn,
-    build_value_fn, judge, run_program, task_feedback, words_present,
+    FinalAnswerValue,
+    Judgement,
+    LexicalValue,
+    ProgramError,
+    ProgramLimits,
+    ProgramValue,
+    TaskValue,
+    ValueFn,
+    build_value_fn,
+    judge,
+    run_program,
+    task_feedback,
+    words_present,
 )
 
 
