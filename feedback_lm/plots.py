@@ -57,3 +57,31 @@ def plot_metrics_csv(path: str | Path, out: str | Path, keys: list[str] | None =
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return Path(out)
+
+
+def plot_comparison(runs: dict[str, str | Path], out: str | Path, keys: list[str]) -> Path | None:
+    """Overlay the same metrics of several runs (e.g. PPO with and without the KL penalty): one panel per
+    key, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {name: read_metrics_csv(path) for name, path in runs.items() if Path(path).is_file()}
+    keys = [k for k in keys if any(s.get(k) for s in series.values())]
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.4 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        for name, s in series.items():
+            if s.get(key):
+                steps, values = zip(*s[key])
+                ax.plot(steps, values, label=name, marker="o" if len(steps) < 30 else None, markersize=3)
+        ax.set_title(key)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return Path(out)

@@ -200,7 +200,7 @@ class Policy(nn.Module):
     def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int = 32,
                  do_sample: bool = True, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  num_return_sequences: int = 1, output_logprobs: bool = False,
-                 stop_at_eos: bool = True) -> Generation:
+                 stop_at_eos: bool = True, fast: bool = False) -> Generation:
         """Sample (or greedy-decode) responses.
 
         Args:
@@ -212,12 +212,17 @@ class Policy(nn.Module):
                 distribution (what the forward pass at the same temperature must reproduce, spec §3.9 #9).
             stop_at_eos: False samples exactly ``max_new_tokens`` tokens, EOS or not (LHP's fixed-length
                 rollouts, spec §3.2); the mask is then all True and nothing is cut.
+            fast: the rollout fast path (:mod:`feedback_lm.sampling`: static KV cache, compiled decode step
+                on CUDA) for pure sampling or greedy decoding; other settings use plain ``generate``.
 
         Returns:
             :class:`Generation` with ``[B*n, R]`` tensors, ``R <= max_new_tokens``.
         """
         if not do_sample:
             temperature, top_k, top_p = 1.0, 0, 1.0
+        if fast and top_k == 0 and top_p >= 1.0 and self.fsdp_root is None:
+            return self._fast_generate(prompt_ids, prompt_mask, max_new_tokens, temperature, not do_sample,
+                                       num_return_sequences, output_logprobs, stop_at_eos)
         gen_kwargs = dict(
             input_ids=prompt_ids, attention_mask=prompt_mask.long(), max_new_tokens=max_new_tokens,
             do_sample=do_sample, num_return_sequences=num_return_sequences,
@@ -247,6 +252,23 @@ class Policy(nn.Module):
             scores = torch.stack(out.scores, dim=1)[:, : new.shape[1]].float()  # [B,R,V] processed logits
             logprobs = ops.gather_logprobs(scores, new) * mask
         return Generation(new, mask, logprobs)
+
+    def _fast_generate(self, prompt_ids, prompt_mask, max_new_tokens, temperature, greedy, n, output_logprobs,
+                       stop_at_eos) -> Generation:
+        from feedback_lm.sampling import FastSampler
+
+        if getattr(self, "_fast_sampler", None) is None:
+            object.__setattr__(self, "_fast_sampler", FastSampler(self.model, self.is_encoder_decoder,
+                                                                  self.pad_token_id, self.eos_token_id))
+        if n > 1:
+            prompt_ids, prompt_mask = prompt_ids.repeat_interleave(n, 0), prompt_mask.repeat_interleave(n, 0)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self._fast_sampler.generate(prompt_ids, prompt_mask, max_new_tokens, temperature, greedy,
+                                               stop_at_eos, output_logprobs)
+        finally:
+            self.model.train(was_training)
 
     @torch.no_grad()
     def generate_text(self, prompts: Sequence[str], **kwargs) -> list[str]:

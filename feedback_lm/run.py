@@ -31,6 +31,10 @@ from feedback_lm.errors import UserError
 def main(cfg: DictConfig) -> dict[str, Any] | None:
     """Hydra task function: run, turning user errors into one clear line and exit status 2."""
     try:
+        if cfg.get("pipeline"):  # experiment=instructgpt_tiny and friends: a chain of runs
+            from feedback_lm.pipeline import run_pipeline
+
+            return run_pipeline(cfg)
         return run(cfg)
     except UserError as e:
         print(f"\nerror: {e}", file=sys.stderr)

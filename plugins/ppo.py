@@ -219,6 +219,10 @@ class PPO(L.LightningModule):
         ema_decay: keep an EMA of the policy weights (InstructGPT: 0.992), used for validation and saving.
         max_grad_norm: clip the global gradient norm after all gradients have accumulated (None = off).
         forward_batch_size: chunk size of the no-grad forward passes of a rollout.
+        refit: online reward-model refits (:mod:`feedback_lm.refit`): ``{every: N, prompts, k, task, ...}``;
+            every N iterations sample, label, append and refit the reward model, then go on with it.
+        fast_generation: sample with the static-cache fast path (:mod:`feedback_lm.sampling`; compiled
+            decode step with CUDA graphs on GPU) instead of plain ``generate``.
         eval_max_new_tokens: greedy-decoding budget for validation.
     """
 
@@ -234,7 +238,8 @@ class PPO(L.LightningModule):
                  value_init_from: str | None = None, vf_lr: float | None = None, ptx_coef: float = 0.0,
                  ptx_data: str | None = "demos", ptx_ratio: int = 8, ptx_chunk_chars: int = 256,
                  ptx_forward_batch_size: int = 64, ema_decay: float | None = None,
-                 max_grad_norm: float | None = None, forward_batch_size: int = 64, eval_max_new_tokens: int = 64,
+                 max_grad_norm: float | None = None, forward_batch_size: int = 64, fast_generation: bool = False,
+                 refit: Mapping[str, Any] | None = None, eval_max_new_tokens: int = 64,
                  num_samples_shown: int = 5):
         super().__init__()
         if mode not in MODES:
@@ -260,6 +265,8 @@ class PPO(L.LightningModule):
         self.kl_ctl = build_kl_controller(kl_controller, kl_coef, kl_target, kl_horizon)
         self.automatic_optimization = False
         self.ptx: PtxStream | None = None
+        self.refitter = None
+        self._refit_state: dict[str, Any] | None = None
         self._samples: list[dict[str, Any]] = []
         self._val_scores: list[torch.Tensor] = []
 
@@ -355,7 +362,7 @@ class PPO(L.LightningModule):
         fixed = hp.mode == "lhp_fixed_length"
         gen = self.policy.generate(prompt_ids, prompt_mask, max_new_tokens=hp.max_new_tokens, do_sample=True,
                                    temperature=hp.temperature, top_k=hp.top_k, top_p=hp.top_p,
-                                   stop_at_eos=not fixed)
+                                   stop_at_eos=not fixed, fast=hp.fast_generation)
         response_ids, mask = gen.response_ids, gen.response_mask
         timings["time/generate"] = time.perf_counter() - t0
 
@@ -410,16 +417,44 @@ class PPO(L.LightningModule):
                 self.ptx = PtxStream.from_text_file(hp.ptx_data, hp.ptx_chunk_chars, seed=self.trainer.global_rank)
             if self._ptx_state is not None:
                 self.ptx.load_state_dict(self._ptx_state)
+        if hp.refit and hp.refit.get("every") and self.refitter is None:
+            self._setup_refitter()
         if hp.whiten_rewards and hp.minibatch_size < 8:
             rank_zero_warn("algo.minibatch_size < 8 with reward whitening: LHP asserts >= 8 (spec §3.5)")
 
     _ptx_state: dict[str, Any] | None = None
+
+    def _setup_refitter(self) -> None:
+        from feedback_lm.refit import OnlineRefitter, RefitConfig
+
+        if self.trainer.world_size > 1:
+            raise UserError("algo.refit (online reward-model refits) runs in one process; use trainer.devices=1")
+        cfg = dict(self.hparams.refit)
+        cfg.setdefault("task", getattr(self.trainer.datamodule, "task", None))
+        self.refitter = OnlineRefitter(RefitConfig(**cfg), self.reward_fn, self.trainer.default_root_dir)
+        if self._refit_state is not None:
+            self.reward_fn.model.load_state_dict(self._refit_state["reward_model"])
+            from feedback_lm.data.comparisons import parse_comparison
+
+            self.refitter.comparisons = [parse_comparison(r) for r in self._refit_state["comparisons"]]
+
+    def _maybe_refit(self, iteration: int) -> dict[str, float]:
+        """Ziegler's online loop: collect -> label -> refit the reward model every N iterations."""
+        if self.refitter is None or not self.refitter.due(iteration):
+            return {}
+        added = self.refitter.collect(self.policy, self.trainer.datamodule.train_rows, iteration)
+        stats = self.refitter.refit()
+        out = {"refit/new_labels": float(added), "refit/labels": float(len(self.refitter.comparisons))}
+        if stats["loss"] == stats["loss"]:  # not NaN: a refit happened
+            out.update({"refit/loss": stats["loss"], "refit/accuracy": stats["accuracy"]})
+        return out
 
     def training_step(self, batch: dict[str, list[str]], batch_idx: int) -> None:
         hp = self.hparams
         opt = self.optimizers()
         iteration = self.global_step
         beta = self.kl_ctl.value  # the β in this rollout's rewards (spec §3.8 pitfall 10)
+        refit_stats = self._maybe_refit(iteration)
         rollout, stats = self.make_rollout(batch["prompt"], batch.get("target") or [None] * len(batch["prompt"]))
         self.buffer.clear()
         self.buffer.add(rollout)
@@ -454,6 +489,7 @@ class PPO(L.LightningModule):
             stats["ptx/ratio"] = stats["ptx/sequences"] / len(rollout)
             stats["ptx/loss"] = sum(agg["ptx_loss"]) / len(agg.pop("ptx_loss"))
         stats.update({f"ppo/{k}": sum(v) / len(v) for k, v in agg.items()})
+        stats.update(refit_stats)
         stats.update({"ppo/kl_coef": beta, "ppo/lr": opt.optimizer.param_groups[0]["lr"],
                       "ppo/minibatches": float(len(minibatches))})
         self.log("train/loss", stats["ppo/loss"], prog_bar=False, batch_size=len(rollout))
@@ -522,7 +558,8 @@ class PPO(L.LightningModule):
         hp = self.hparams
         prompts, targets = batch["prompt"], batch.get("target") or [None] * len(batch["prompt"])
         with self._ema_weights():
-            outputs = self.policy.generate_text(prompts, max_new_tokens=hp.eval_max_new_tokens, do_sample=False)
+            outputs = self.policy.generate_text(prompts, max_new_tokens=hp.eval_max_new_tokens, do_sample=False,
+                                                fast=hp.fast_generation)
         correct = exact_match(outputs, targets) if targets[0] is not None else torch.zeros(len(outputs))
         scores = _as_scores(self.reward_fn(list(prompts), outputs, list(targets)), len(outputs), self.device)
         n = len(outputs)
@@ -558,11 +595,15 @@ class PPO(L.LightningModule):
         checkpoint["kl_controller"] = self.kl_ctl.state_dict()
         if self.ptx is not None:
             checkpoint["ptx_stream"] = self.ptx.state_dict()
+        if self.refitter is not None:  # the refitted reward model and its labels resume with the run
+            checkpoint["refit"] = {"reward_model": self.reward_fn.model.state_dict(),
+                                   "comparisons": [c.to_row() for c in self.refitter.comparisons]}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "kl_controller" in checkpoint:
             self.kl_ctl.load_state_dict(checkpoint["kl_controller"])
         self._ptx_state = checkpoint.get("ptx_stream")
+        self._refit_state = checkpoint.get("refit")
 
     def save_pretrained(self, directory: str) -> None:
         """The trained policy in Hugging Face format (the EMA weights when ``ema_decay`` is set); LoRA

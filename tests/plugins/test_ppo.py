@@ -229,12 +229,13 @@ def test_ptx_gradient_is_additive_and_skips_the_separate_value_net(tmp_path):
         torch.testing.assert_close(both[n], ppo_only[n], atol=0, rtol=0)
 
 
-def _fit(overrides, max_steps=1, model="tiny-gpt2"):
-    cfg = compose(["algo=ppo", f"model={model}", "run_dir=/tmp/unused", *QUICK, *FAST, *TOY_REWARD, *overrides])
+def _fit(overrides, max_steps=1, model="tiny-gpt2", root=None, reward=tuple(TOY_REWARD)):
+    cfg = compose(["algo=ppo", f"model={model}", "run_dir=/tmp/unused", *QUICK, *FAST, *reward, *overrides])
     L.seed_everything(0, verbose=False)
     module = instantiate(cfg.algo, _convert_="all")
     dm = instantiate(cfg.data, _convert_="all")
     trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_checkpointing=False,
+                        default_root_dir=str(root) if root else None,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         limit_val_batches=0)
     trainer.fit(module, datamodule=dm)
@@ -310,6 +311,54 @@ def test_bad_reward_output_is_one_clear_error():
     module.reward_fn = lambda p, r, t: [1.0]
     with pytest.raises(UserError, match="one float per response"):
         module.make_rollout(*_prompts(dm, 4))
+
+
+def _tiny_reward_model(path):
+    from plugins.reward_model import RewardModel
+
+    rm = RewardModel(policy=compose(["model=tiny-gpt2"]).model)
+    rm.configure_model()
+    rm.save_pretrained(str(path))
+    return str(path)
+
+
+def test_refit_reward_model_fits_its_labels(tmp_path):
+    from feedback_lm.data.comparisons import Comparison
+    from feedback_lm.refit import refit_reward_model
+    from plugins.reward_model import load_reward_model
+
+    rm = load_reward_model(_tiny_reward_model(tmp_path / "rm"))
+    comps = [Comparison(prompt=f"Q: {w}\nA:", responses=[" " + w, " zzz", " " + w[::-1] + "!"],
+                        tiers=[[0], [2], [1]]) for w in ["apple", "bird", "cat", "dog", "egg", "fish", "goat", "hat"]]
+    head_before = rm.head.linear.weight.detach().clone()
+    stats = refit_reward_model(rm, comps, epochs=30, lr=2e-3, batch_size=4)
+    assert stats["accuracy"] >= 0.85, stats
+    assert not torch.equal(head_before, rm.head.linear.weight)
+    assert all(not p.requires_grad for p in rm.parameters())  # back to a frozen scorer
+
+
+def test_ppo_with_online_reward_model_refits(tmp_path):
+    from feedback_lm.data.comparisons import write_comparisons
+    from feedback_lm.data.datamodule import generated_comparisons
+
+    rm = _tiny_reward_model(tmp_path / "rm")
+    initial = tmp_path / "labels.jsonl"
+    write_comparisons(initial, generated_comparisons("word_sorting", 6, k=3, seed=0, template="Q: {input}\nA:",
+                                                     difficulty={"min_words": 2, "max_words": 3, "vocab_size": 30}))
+    head = None
+    module, trainer = _fit([f"algo.refit={{every: 1, prompts: 4, k: 3, max_new_tokens: 8, task: word_sorting, "
+                            f"initial_labels: {initial}}}"],
+                           max_steps=3, root=tmp_path, reward=["reward=model", f"reward.path={rm}"])
+    head = module.reward_fn.model.head.linear.weight
+    m = trainer.callback_metrics
+    assert m["refit/labels"].item() >= 6 and "refit/accuracy" in m  # a random policy's samples may all tie
+    assert (tmp_path / "online_labels.jsonl").is_file()
+    from plugins.reward_model import load_reward_model
+
+    assert not torch.equal(load_reward_model(rm).head.linear.weight, head)  # the reward model was refitted
+    ckpt: dict = {}
+    module.on_save_checkpoint(ckpt)
+    assert len(ckpt["refit"]["comparisons"]) == int(m["refit/labels"].item())
 
 
 @pytest.mark.parametrize("algo", ["ppo", "ppo_ptx"])
