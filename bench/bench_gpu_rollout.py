@@ -104,7 +104,7 @@ def bench_generation(shape: str, device, batch: int, prompt_len: int, new_tokens
         for name, r in results.items():
             if "new_tokens_per_s" in r:
                 r["speedup_vs_plain"] = r["new_tokens_per_s"] / results["plain"]["new_tokens_per_s"]
-    del policy, model
+    fns.clear()  # drop the closures (and the model) before the next shape
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return results
