@@ -45,6 +45,9 @@ CONFIGS = {
     # not run yet (no device time left): the last-token control at the best LR, and less data
     "ep6_lr1e-4": {"lr": 1e-4, "epochs": 6},
     "mean_lr1e-4_ep6_rows2400": {"pooling": "mean", "lr": 1e-4, "epochs": 6, "rows": 2400},
+    # one epoch at lr 1e-4 (with --max-train-rows 2400: the CPU-sized control of last vs mean)
+    "ep1_lr1e-4": {"lr": 1e-4, "epochs": 1},
+    "mean_ep1_lr1e-4": {"pooling": "mean", "lr": 1e-4, "epochs": 1},
     # diagnostic only (not in the plugin): reward = head(h_last) + a * mean log p_LM(response), a trainable
     "lpfeat": {"lpfeat": True},
     "lpfeat_ep6": {"lpfeat": True, "epochs": 6},
