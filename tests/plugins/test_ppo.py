@@ -167,6 +167,16 @@ def test_rollout_scores_and_kl_rewards_in_eos_mode():
     assert set(stats) >= {"ppo/kl", "rollout/score_mean", "rollout/response_len", "time/generate"}
 
 
+@pytest.mark.parametrize("mode", ["eos_masking", "lhp_fixed_length"])
+def test_fast_generation_rollout_is_aligned_with_the_forward_pass(mode):
+    module, dm = _module(["algo.fast_generation=true", f"algo.mode={mode}"])
+    rollout, _ = module.make_rollout(*_prompts(dm))
+    stats = module.minibatch_backward(rollout)
+    assert stats["ratio"].item() == pytest.approx(1.0, abs=1e-6)
+    if mode == "lhp_fixed_length":
+        assert rollout.response_ids.shape[1] == 8 and bool(rollout.response_mask.all())
+
+
 def test_fixed_length_mode_samples_exactly_T_tokens_and_penalises_missing_eos():
     module, dm = _module(["algo.mode=lhp_fixed_length", "algo.penalty_reward_value=-7.0"])
     prompts, targets = _prompts(dm)
