@@ -6,6 +6,12 @@ CURRENT policy, label them with the labeler (the simulated one by default; anyth
 ``<run dir>/online_labels.jsonl``), refit the reward model (a fresh scalar head, ``epochs`` passes over ALL
 labels so far with the ranking loss) and continue PPO with it. The labels the reward model was first
 trained on can seed the set (``initial_labels``), so a refit never forgets them.
+
+**People instead of the simulated labeler** (``campaign: <dir>``, a campaign made with
+``python -m feedback_lm.label create``): the samples are queued in the campaign's store for the labeling
+web app (``Store.enqueue``) instead of being labeled on the spot, and each refit uses everything people
+have labeled so far (``Store.export_labeled``) plus the initial labels. Labels arrive asynchronously, so
+a refit with nothing new simply refits on what there is.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class RefitConfig:
     temperature: float = 1.0
     max_new_tokens: int = 32
     labeler: Any = None  # a Labeler; None = SimulatedLabeler(task, mode="rank")
+    campaign: str | None = None  # a labeling campaign dir: queue samples for people instead
     task: str | None = None
     initial_labels: str | None = None
     epochs: int = 1
@@ -100,8 +107,14 @@ class OnlineRefitter:
         self.cfg, self.reward_fn = cfg, reward_fn
         self.out = Path(run_dir) / "online_labels.jsonl"
         self.comparisons: list[Comparison] = list(load_comparisons(cfg.initial_labels)) if cfg.initial_labels else []
+        self.initial = list(self.comparisons)
         self.num_initial = len(self.comparisons)
-        if cfg.labeler is None:
+        self.store = None
+        if cfg.campaign:
+            from feedback_lm.label.store import open_campaign
+
+            self.store = open_campaign(cfg.campaign)
+        elif cfg.labeler is None:
             from feedback_lm.labelers import SimulatedLabeler
 
             if not cfg.task:
@@ -123,14 +136,25 @@ class OnlineRefitter:
         gen = policy.generate(ids, mask, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                               num_return_sequences=cfg.k)
         texts = policy.decode(gen.response_ids, gen.response_mask)
+        sampling = {"temperature": cfg.temperature, "top_k": 0, "top_p": 1.0, "max_new_tokens": cfg.max_new_tokens,
+                    "k": cfg.k}
+        if self.store is not None:  # people label them in the web app; refits read what is labeled so far
+            for j, row in enumerate(picked):
+                self.store.enqueue(row["prompt"], texts[j * cfg.k:(j + 1) * cfg.k],
+                                   {"source": "online", "ppo_iteration": iteration, "sampling": sampling,
+                                    "seed": cfg.seed, "target": row.get("target")})
+            labeled = self.store.export_labeled(include_gold=False)
+            self.comparisons = self.initial + labeled
+            write_comparisons(self.out, labeled)
+            return len(picked)
         added = 0
         for j, row in enumerate(picked):
             responses = texts[j * cfg.k:(j + 1) * cfg.k]
             label = cfg.labeler.label(row["prompt"], responses, row.get("target"))
             if not label.has_pairs:
                 continue
-            meta = {**label.meta, "source": "online", "ppo_iteration": iteration,
-                    "sampling": {"temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens, "k": cfg.k}}
+            meta = {**label.meta, "source": "online", "ppo_iteration": iteration, "sampling": sampling,
+                    "seed": cfg.seed}
             self.comparisons.append(Comparison(prompt=row["prompt"], responses=responses, tiers=label.tiers,
                                                best=label.best, meta=meta))
             added += 1

@@ -374,3 +374,31 @@ def test_ppo_with_online_reward_model_refits(tmp_path):
 @pytest.mark.parametrize("algo", ["ppo", "ppo_ptx"])
 def test_check_plugin_both_families(algo):
     check_plugin(algo, overrides=[*FAST, *TOY_REWARD, "algo.ptx_ratio=2"])
+
+
+def test_online_refits_queue_samples_for_people_and_use_what_is_labeled(tmp_path):
+    """Issue 7's online mode: PPO queues its samples in a labeling campaign; what a person has labeled
+    (here through the store, as the web app does) is in the comparison set of the next refit."""
+    import json as _json
+
+    from feedback_lm.label.config import CampaignConfig
+    from feedback_lm.label.store import Store, open_campaign
+
+    camp = tmp_path / "camp"
+    camp.mkdir()
+    Store.create(str(camp / "labels.sqlite"), "camp", CampaignConfig(mode="rank")).close()
+    (camp / "campaign.json").write_text(_json.dumps({"name": "camp", "db": None}))
+    rm = _tiny_reward_model(tmp_path / "rm")
+    refit = f"algo.refit={{every: 1, prompts: 3, k: 2, max_new_tokens: 8, campaign: {camp}}}"
+    module, trainer = _fit([refit], max_steps=2, root=tmp_path, reward=["reward=model", f"reward.path={rm}"])
+    assert trainer.callback_metrics["refit/new_labels"].item() == 3  # queued for people, none labeled yet
+    store = open_campaign(camp)
+    assert store.counts()["items"] == 3 and module.refitter.comparisons == []
+    labeler_id, _ = store.labeler_for_token(store.add_labeler("ada"))
+    item = store.next_item(labeler_id)
+    store.submit(labeler_id, item.id, {"idempotency_key": "online-label-1", "ranking": [1, 0]})
+    module.refitter.collect(module.policy, trainer.datamodule.train_rows, iteration=2)
+    assert len(module.refitter.comparisons) == 1 and module.refitter.comparisons[0].tiers == [[1], [0]]
+    meta = module.refitter.comparisons[0].meta
+    assert meta["source"] == "online" and meta["sampling"]["k"] == 2 and meta["labeler"] == "ada"
+    assert module.refitter.refit()["accuracy"] in (0.0, 1.0)
