@@ -60,7 +60,7 @@ def site(tmp_path_factory):
     shutil.rmtree(tmp / "chromium-profile", ignore_errors=True)
 
 
-def wait(driver, condition, timeout: float = 20):
+def wait(driver, condition, timeout: float = 60):  # generous: a loaded 2-core CI box starts Chromium slowly
     from selenium.webdriver.support.ui import WebDriverWait
 
     return WebDriverWait(driver, timeout).until(condition)
