@@ -266,7 +266,8 @@ class PPO(L.LightningModule):
         self.automatic_optimization = False
         self.ptx: PtxStream | None = None
         self.refitter = None
-        self._refit_state: dict[str, Any] | None = None
+        self._refit_state: dict[str, Any] | None = None  # restored by on_load_checkpoint, used at fit start
+        self._ptx_state: dict[str, Any] | None = None
         self._samples: list[dict[str, Any]] = []
         self._val_scores: list[torch.Tensor] = []
 
@@ -295,7 +296,6 @@ class PPO(L.LightningModule):
             self.value_head = rm.head
             self.value_head.linear.weight.data.mul_(float(rm.gain))
             self.value_head.linear.bias.data.mul_(float(rm.gain)).add_(float(rm.bias))
-        self.ema_params: list[torch.Tensor] | None = None
         if hp.ema_decay:
             for name, p in self.policy.named_parameters():
                 if p.requires_grad:
@@ -407,7 +407,9 @@ class PPO(L.LightningModule):
     def on_fit_start(self) -> None:
         if hasattr(self.reward_fn, "to"):
             self.reward_fn.to(self.device)
-        if isinstance(self.policy.model, torch.nn.Module) and self.trainer.strategy.__class__.__name__.startswith("FSDP"):
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if isinstance(self.trainer.strategy, FSDPStrategy):  # generation gathers the full parameters
             self.policy.set_fsdp_root(self.trainer.strategy.model)
         hp = self.hparams
         if hp.ptx_coef > 0 and self.ptx is None:
@@ -421,8 +423,6 @@ class PPO(L.LightningModule):
             self._setup_refitter()
         if hp.whiten_rewards and hp.minibatch_size < 8:
             rank_zero_warn("algo.minibatch_size < 8 with reward whitening: LHP asserts >= 8 (spec §3.5)")
-
-    _ptx_state: dict[str, Any] | None = None
 
     def _setup_refitter(self) -> None:
         from feedback_lm.refit import OnlineRefitter, RefitConfig

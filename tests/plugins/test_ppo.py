@@ -286,8 +286,9 @@ def test_one_optimizer_step_per_minibatch_and_ptx_accounting():
     assert trainer.callback_metrics["ptx/ratio"].item() == 8
     # InstructGPT's numbers: batch 512, minibatch 64, 1 epoch -> 8 steps and 8 x 512 pretraining sequences
     buf = RolloutBuffer()
-    assert buf.num_minibatches(64) == 0
-    assert math.ceil(512 / 64) * 8 * 64 == 4096
+    buf.add([{"prompt_ids": torch.ones(1, dtype=torch.long), "response_ids": torch.ones(1, dtype=torch.long)}] * 512)
+    steps = buf.num_minibatches(64)
+    assert steps == 8 and steps * 8 * 64 == 4096  # ptx_ratio 8 x minibatch 64 per step = 8 x 512 episodes
 
 
 def test_ema_weights_are_tracked_and_saved(tmp_path):
@@ -299,7 +300,7 @@ def test_ema_weights_are_tracked_and_saved(tmp_path):
     from transformers import AutoModelForCausalLM
 
     saved = AutoModelForCausalLM.from_pretrained(str(tmp_path / "model"))
-    name, param = next((n, p) for n, p in module.policy.model.named_parameters() if p.requires_grad)
+    name = next(n for n, p in module.policy.model.named_parameters() if p.requires_grad)
     index = [n for n, p in module.policy.named_parameters() if p.requires_grad].index("model." + name)
     torch.testing.assert_close(saved.state_dict()[name], ema[index])
 
