@@ -186,7 +186,7 @@ def main() -> None:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(results, indent=2))
 
-    for shape in args.shapes.split(","):
+    for shape in args.shapes.split(",") if args.which else []:  # --which "" runs only the PPO part
         results["generation"][shape] = bench_generation(shape, device, args.batch, args.prompt_len, args.new_tokens,
                                                         args.warmup, args.reps, args.which.split(","))
         save()

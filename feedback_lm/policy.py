@@ -138,10 +138,14 @@ class Policy(nn.Module):
         return {k: v.to(device) for k, v in out.items()} if device is not None else out
 
     def decode(self, response_ids: torch.Tensor, response_mask: torch.Tensor | None = None) -> list[str]:
-        """Response ids ``[B,R]`` -> texts, without special tokens or padding."""
+        """Response ids ``[B,R]`` -> texts, without special tokens or padding. Ids the tokenizer does not
+        know are dropped: embedding matrices are often padded past the vocabulary (T5: 32128 rows for 32100
+        tokens) and a sampling policy can draw those rows."""
         rows = response_ids.tolist()
         if response_mask is not None:
             rows = [r[: int(n)] for r, n in zip(rows, response_mask.sum(-1).tolist())]
+        known = len(self.tokenizer)
+        rows = [[t for t in r if 0 <= t < known] for r in rows]
         return self.tokenizer.batch_decode(rows, skip_special_tokens=True)
 
     # -------------------------------------------------------------------------------------- forward

@@ -31,6 +31,15 @@ def test_encoding_layout(policy):
     assert policy.decode(rids, rmask) == RESPONSES
 
 
+def test_decode_drops_ids_past_the_tokenizer_vocabulary(policy):
+    """A padded embedding matrix (T5: 32128 rows, 32100 tokens) lets a sampler draw ids no tokenizer knows."""
+    rids, rmask = policy.encode_responses([" a b"])
+    past = len(policy.tokenizer)
+    ids = torch.cat([rids[:, :2], torch.tensor([[past, past + 500]]), rids[:, 2:]], dim=1)
+    mask = torch.cat([rmask[:, :2], torch.ones(1, 2, dtype=torch.bool), rmask[:, 2:]], dim=1)
+    assert policy.decode(ids, mask) == [" a b"]
+
+
 def test_byte_fast_path_matches_tokenizer():
     p = tiny_policy("tiny-gpt2")
     texts = ["héllo wörld ✓", "plain"]
