@@ -581,3 +581,31 @@ def test_default_answers_are_balanced():
     for task, letters in cases:
         counts = Counter(e.target for e in generate(task, 500, seed=0))
         assert len(counts) == letters and min(counts.values()) > 500 / letters / 2
+
+
+def test_generated_split_keeps_the_natural_length_mix_and_is_disjoint():
+    """Drawing the held-out set first: on the default word_sorting (2-3 of 30 words) every two-word list
+    occurs among 20,000 training examples, so de-duplicating a later held-out draw would leave only
+    three-word lists. Held out first, both lengths stay, about half each, and train never sees them."""
+    from collections import Counter
+
+    from feedback_lm.data.datamodule import generated_split
+
+    difficulty = {"min_words": 2, "max_words": 3, "vocab_size": 30}
+    train, val = generated_split("word_sorting", 20000, 200, seed=0, difficulty=difficulty)
+    assert len(train) == 20000 and len(val) == 200
+    lengths = Counter(len(e.target.split()) for e in val)
+    assert 70 <= lengths[2] <= 130 and lengths[2] + lengths[3] == 200
+    assert not {e.input for e in val} & {e.input for e in train}
+    assert len({e.input for e in val}) == 200, "held-out inputs are distinct"
+    again = generated_split("word_sorting", 20000, 200, seed=0, difficulty=difficulty)
+    assert [e.input for e in again[1]] == [e.input for e in val], "deterministic for a seed"
+
+
+def test_generated_split_on_a_tiny_task_space_still_trains():
+    from feedback_lm.data.datamodule import generated_split
+
+    # 2 words of 2: two possible lists; the held-out draw takes both, so nothing is left to train on.
+    train, val = generated_split("word_sorting", 50, 5, seed=0,
+                                 difficulty={"min_words": 2, "max_words": 2, "vocab_size": 2})
+    assert len(val) == 2 and train == []
