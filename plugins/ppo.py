@@ -42,6 +42,7 @@ from feedback_lm.policy import Policy
 from feedback_lm.rollout import Rollout, RolloutBuffer
 
 MODES = ("eos_masking", "lhp_fixed_length")
+REWARD_NORMALIZATIONS = ("ziegler", "bias", "none")
 VALUE_MODELS = ("shared", "separate")
 
 
@@ -223,6 +224,10 @@ class PPO(L.LightningModule):
             every N iterations sample, label, append and refit the reward model, then go on with it.
         fast_generation: sample with the static-cache fast path (:mod:`feedback_lm.sampling`; compiled
             decode step with CUDA graphs on GPU) instead of plain ``generate``.
+        reward_normalization: "ziegler" (default; spec §2.a applied to any reward: gain and bias from the
+            first rollout's scores, i.e. samples of the initial policy, so the score has mean 0 and std 1
+            as LHP's normalised reward model does; β then acts on that scale), "bias" (mean only) or
+            "none" (the reward as it comes). Re-estimated after an online refit.
         eval_max_new_tokens: greedy-decoding budget for validation.
     """
 
@@ -239,8 +244,8 @@ class PPO(L.LightningModule):
                  ptx_data: str | None = "demos", ptx_ratio: int = 8, ptx_chunk_chars: int = 256,
                  ptx_forward_batch_size: int = 64, ema_decay: float | None = None,
                  max_grad_norm: float | None = None, forward_batch_size: int = 64, fast_generation: bool = False,
-                 refit: Mapping[str, Any] | None = None, eval_max_new_tokens: int = 64,
-                 num_samples_shown: int = 5):
+                 refit: Mapping[str, Any] | None = None, reward_normalization: str = "ziegler",
+                 eval_max_new_tokens: int = 64, num_samples_shown: int = 5):
         super().__init__()
         if mode not in MODES:
             raise UserError(f"algo.mode={mode!r}: use one of {MODES}")
@@ -249,6 +254,8 @@ class PPO(L.LightningModule):
         if value_model == "separate" and not value_init_from:
             raise UserError("algo.value_model=separate needs algo.value_init_from=<reward model dir> "
                             "(the value network starts from the reward model, InstructGPT §3.5)")
+        if reward_normalization not in REWARD_NORMALIZATIONS:
+            raise UserError(f"algo.reward_normalization={reward_normalization!r}: use one of {REWARD_NORMALIZATIONS}")
         if schedule not in ("linear", "constant"):
             raise UserError(f"algo.schedule={schedule!r}: use 'linear' (LHP) or 'constant' (InstructGPT)")
         if temperature <= 0:
@@ -263,6 +270,7 @@ class PPO(L.LightningModule):
         self.save_hyperparameters(ignore=["reward"])
         self.hparams.policy = self.model_config.to_dict()
         self.kl_ctl = build_kl_controller(kl_controller, kl_coef, kl_target, kl_horizon)
+        self.score_norm: tuple[float, float] | None = None  # (gain, bias), fixed on the first rollout
         self.automatic_optimization = False
         self.ptx: PtxStream | None = None
         self.refitter = None
@@ -387,6 +395,8 @@ class PPO(L.LightningModule):
         else:
             texts = self.policy.decode(response_ids, mask)
         scores = _as_scores(self.reward_fn(list(prompts), texts, list(targets)), len(texts), dev)
+        raw_scores = scores
+        scores = self._normalize_scores(scores)
         if fixed:  # no truncate token: the penalty REPLACES the score (spec §3.8 pitfall 12)
             scores = torch.where(found, scores, torch.full_like(scores, hp.penalty_reward_value))
         timings["time/score"] = time.perf_counter() - t0
@@ -396,12 +406,41 @@ class PPO(L.LightningModule):
                           values=values, rewards=rewards, scores=scores, prompt=list(prompts), response=texts,
                           target=list(targets))
         stats = {"ppo/kl": ops.sequence_kl(kl, mask).mean().item(),
-                 "rollout/score_mean": scores.mean().item(),
-                 "rollout/score_std": scores.std().item() if len(scores) > 1 else 0.0,
+                 "rollout/score_mean": raw_scores.mean().item(),  # the reward function's own scale
+                 "rollout/score_std": raw_scores.std().item() if len(scores) > 1 else 0.0,
+                 "rollout/score_normalized_mean": scores.mean().item(),
                  "rollout/response_len": mask.sum(-1).float().mean().item(),
                  "rollout/accuracy": _accuracy(texts, targets),
                  **timings}
         return rollout, stats
+
+    def _normalize_scores(self, raw: torch.Tensor) -> torch.Tensor:
+        """Ziegler's reward normalisation (spec §2.a, §3.1), applied to whatever the reward is: gain and
+        bias that give the scores of the FIRST rollout (samples of the initial policy = the reference ρ,
+        at the sampling temperature, over the task's prompts, all ranks together) mean 0 and std 1, then
+        kept fixed (and checkpointed). ``bias`` shifts the mean only. Why it matters: the value head
+        starts at zero, so a score with a non-zero mean leaves GAE's λ-discounted residual
+        ``λ^(T-t)·mean`` in the advantages, which favours the stop token when the mean is positive
+        (answers lose words) and favours going on when it is negative (answers grow)."""
+        mode = self.hparams.reward_normalization
+        if mode == "none":
+            return raw
+        if self.score_norm is None:
+            pooled = raw.float()
+            if self._trainer is not None and self.trainer.world_size > 1:
+                pooled = self.all_gather(pooled).reshape(-1)
+            mu = float(pooled.double().mean())
+            sigma = float(pooled.double().std(unbiased=False)) if pooled.numel() > 1 else 0.0
+            if sigma <= 1e-8:  # every sample scored the same: shift only, and try again next rollout
+                return raw - mu
+            if mode == "ziegler":
+                from plugins.reward_model import ziegler_gain_bias
+
+                self.score_norm = ziegler_gain_bias(pooled)
+            else:
+                self.score_norm = (1.0, -mu)
+        gain, bias = self.score_norm
+        return raw * gain + bias
 
     # -------------------------------------------------------------------------------------- training
     def on_fit_start(self) -> None:
@@ -446,6 +485,7 @@ class PPO(L.LightningModule):
         stats = self.refitter.refit()
         out = {"refit/new_labels": float(added), "refit/labels": float(len(self.refitter.comparisons))}
         if stats["loss"] == stats["loss"]:  # not NaN: a refit happened
+            self.score_norm = None  # a new reward model is normalised again (Ziegler: normalize_after)
             out.update({"refit/loss": stats["loss"], "refit/accuracy": stats["accuracy"]})
         return out
 
@@ -593,6 +633,7 @@ class PPO(L.LightningModule):
     # ----------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["kl_controller"] = self.kl_ctl.state_dict()
+        checkpoint["score_norm"] = self.score_norm
         if self.ptx is not None:
             checkpoint["ptx_stream"] = self.ptx.state_dict()
         if self.refitter is not None:  # the refitted reward model and its labels resume with the run
@@ -602,6 +643,8 @@ class PPO(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "kl_controller" in checkpoint:
             self.kl_ctl.load_state_dict(checkpoint["kl_controller"])
+        if checkpoint.get("score_norm") is not None:
+            self.score_norm = tuple(checkpoint["score_norm"])
         self._ptx_state = checkpoint.get("ptx_stream")
         self._refit_state = checkpoint.get("refit")
 

@@ -123,6 +123,61 @@ def test_ema_update_spec_formula():
     assert torch.allclose(ema[0], 0.992 * torch.tensor([1.0, 2.0]) + 0.008 * torch.tensor([3.0, -1.0]))
 
 
+# ------------------------------------------------------------------ reward normalisation (spec §2.a, §3.1)
+def test_uninformative_score_with_nonzero_mean_biases_towards_stopping():
+    """Why PPO normalises the score: with the zero-initialised value head, a CONSTANT score c (no
+    information at all) still leaves GAE's residual λ^(T-t)·c in the advantages. With c > 0 the last
+    action of every response (the stop token) gets the largest advantage, so PPO learns to stop earlier;
+    normalised (mean 0) the same rollout gives no policy gradient at all."""
+    B, T, c = 4, 6, 0.7
+    lengths = torch.tensor([6, 4, 5, 3])
+    mask = torch.arange(T)[None, :] < lengths[:, None]
+    zeros = torch.zeros(B, T)
+    last = ops.last_index(mask)
+
+    def pg_grad(score):
+        rewards, _ = ops.kl_penalty_rewards(zeros, zeros, score, mask, 0.1)  # π = ρ: no KL term
+        logprobs = zeros.clone().requires_grad_(True)
+        loss = ppo_loss(logprobs, zeros, zeros, zeros, rewards, mask, vf_coef=0.0)[0]
+        loss.backward()
+        return -logprobs.grad  # ascent direction on each sampled token's log-prob
+
+    g = pg_grad(torch.full((B,), c))
+    stop = g[torch.arange(B), last]
+    first = g[:, 0]
+    assert (stop > 0).all() and (first < 0).all(), (stop, first)  # stopping reinforced, going on punished
+    g0 = pg_grad(torch.full((B,), c) - c)  # what normalisation feeds PPO for a constant score
+    assert g0.abs().max().item() == 0.0
+
+
+def test_reward_normalisation_from_the_first_rollout():
+    module, _ = _module(["algo.reward_normalization=ziegler"])
+    raw = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    out = module._normalize_scores(raw)
+    # spec §2.a test #6: raw [1,2,3,4] -> g = 0.894427, c = -2.236068; mean 0, population std 1
+    assert module.score_norm[0] == pytest.approx(0.894427, abs=1e-6)
+    assert module.score_norm[1] == pytest.approx(-2.236068, abs=1e-6)
+    assert out.mean().item() == pytest.approx(0.0, abs=1e-6)
+    assert out.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-6)
+    # fixed after the first rollout: later scores use the same gain and bias
+    assert module._normalize_scores(torch.tensor([4.0])).item() == pytest.approx(4 * 0.894427 - 2.236068, abs=1e-5)
+    ckpt = {}
+    module.on_save_checkpoint(ckpt)
+    fresh, _ = _module(["algo.reward_normalization=ziegler"])
+    fresh.on_load_checkpoint(ckpt)
+    assert fresh.score_norm == pytest.approx(module.score_norm)
+
+    bias, _ = _module(["algo.reward_normalization=bias"])
+    assert bias._normalize_scores(raw).tolist() == pytest.approx([-1.5, -0.5, 0.5, 1.5])
+    none, _ = _module(["algo.reward_normalization=none"])
+    assert none._normalize_scores(raw) is raw
+    # every first sample scored the same (a binary verifier before any success): shift, decide later
+    flat, _ = _module(["algo.reward_normalization=ziegler"])
+    assert flat._normalize_scores(torch.zeros(4)).abs().max().item() == 0.0 and flat.score_norm is None
+    with pytest.raises(Exception, match="reward_normalization"):
+        _module(["algo.reward_normalization=whiten"])
+
+
 # ------------------------------------------------------------------------------ module-level tests
 def _module(overrides=(), model="tiny-gpt2") -> tuple[PPO, object]:
     cfg = compose(["algo=ppo", f"model={model}", "run_dir=/tmp/unused", *QUICK, *FAST, *TOY_REWARD, *overrides])
