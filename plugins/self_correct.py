@@ -55,7 +55,8 @@ CORRECTOR_INITS = ("generator", "scratch")
 
 
 # ------------------------------------------------------------------------------------ pure functions
-def improving_pairs(groups: Sequence[Hashable], values: Sequence[float]) -> list[tuple[int, int]]:
+def improving_pairs(groups: Sequence[Hashable], values: Sequence[float],
+                    keep_value: float | None = None) -> list[tuple[int, int]]:
     """Pairing, Eq. 3: every ``(i, j)`` with ``groups[i] == groups[j]`` and ``values[i] < values[j]``.
 
     Strictly improving (ties never pair) and never across prompts (spec §6.2).
@@ -63,6 +64,10 @@ def improving_pairs(groups: Sequence[Hashable], values: Sequence[float]) -> list
     Args:
         groups: ``[K]`` the prompt (or any key) of each pool entry.
         values: ``[K]`` their values.
+        keep_value: [PROJECT, off by default] also pair every entry whose value reaches this (the value
+            function's maximum) with itself, ``(i, i)``: "keep" pairs that teach the corrector to leave a
+            right answer alone. Eq. 3 has none, so a corrector trained on it alone never sees a right
+            hypothesis and rewrites right answers at inference.
 
     Returns:
         ``(hypothesis index, correction index)`` pairs, grouped by hypothesis in index order.
@@ -70,7 +75,11 @@ def improving_pairs(groups: Sequence[Hashable], values: Sequence[float]) -> list
     members: dict[Hashable, list[int]] = {}
     for i, g in enumerate(groups):
         members.setdefault(g, []).append(i)
-    return [(i, j) for i in range(len(groups)) for j in members[groups[i]] if values[i] < values[j]]
+    pairs = [(i, j) for i in range(len(groups)) for j in members[groups[i]] if values[i] < values[j]]
+    if keep_value is not None:
+        pairs += [(i, i) for i in range(len(groups)) if values[i] >= keep_value]
+        pairs.sort(key=lambda p: p[0])  # keep the pairs grouped by hypothesis
+    return pairs
 
 
 def levenshtein(a: Sequence[Hashable], b: Sequence[Hashable]) -> int:
@@ -291,6 +300,8 @@ class SelfCorrect(L.LightningModule):
         num_samples: N, generator samples per prompt at initialization.
         sample_temperature: decoding q for initialization and exploration (inference is greedy).
         alpha / beta: improvement and proximity weights of Eq. 4.
+        keep_pairs: [PROJECT] also train on ``(y, y)`` for hypotheses with the maximal value (see
+            :func:`improving_pairs`); off by default (Eq. 3 is strictly improving).
         batch_size: pairs per minibatch; updates_per_step: minibatches (M) per iteration.
         pool_capacity: most pool entries kept (FIFO eviction).
         lr / weight_decay / warmup_steps / schedule / min_lr_ratio / max_grad_norm: the corrector's optimizer.
@@ -310,7 +321,8 @@ class SelfCorrect(L.LightningModule):
                  value: Mapping[str, Any] | None = None, use_feedback: bool = True,
                  sep_hypothesis: str = "\nHypothesis:", sep_feedback: str = "\nFeedback:",
                  sep_correction: str = "\nCorrection:", num_samples: int = 4, sample_temperature: float = 1.0,
-                 alpha: float = 1.0, beta: float = 1.0, batch_size: int = 32, updates_per_step: int = 1,
+                 alpha: float = 1.0, beta: float = 1.0, keep_pairs: bool = False, batch_size: int = 32,
+                 updates_per_step: int = 1,
                  pool_capacity: int = 50000, lr: float = 1e-3, weight_decay: float = 0.0, warmup_steps: int = 0,
                  schedule: str = "constant", min_lr_ratio: float = 0.1, max_grad_norm: float | None = 1.0,
                  max_new_tokens: int = 32, num_corrections: int = 3, eval_generator_path: str | None = None,
@@ -419,7 +431,8 @@ class SelfCorrect(L.LightningModule):
         self.pool.add(self._to_rollout(explored))
         # 4. update: Pairing (Eq. 3), then M minibatches from the two-stage sampler (Eq. 4).
         rows = self.pool.rows
-        pairs = improving_pairs([r["prompt"] for r in rows], [float(r["scores"]) for r in rows])
+        pairs = improving_pairs([r["prompt"] for r in rows], [float(r["scores"]) for r in rows],
+                                keep_value=self.value_fn.max_value if hp.keep_pairs else None)
         self.log("self_correct/pool_size", float(len(rows)))
         self.log("self_correct/iteration", self.iterations.float())
         self.log("self_correct/pairs", float(len(pairs)))

@@ -66,6 +66,15 @@ def test_pairing_count_strictly_improving():
     assert (1, 2) not in pairs and (2, 1) not in pairs
 
 
+def test_keep_pairs_are_opt_in_and_only_for_maximal_values():
+    """[PROJECT] keep pairs (y, y) for right hypotheses; Eq. 3's pairs are unchanged beside them."""
+    values = [0.0, 1.0, 1.0, 0.5]
+    assert improving_pairs(["x"] * 4, values) == improving_pairs(["x"] * 4, values, keep_value=None)
+    pairs = improving_pairs(["x"] * 4, values, keep_value=1.0)
+    assert sorted(pairs) == [(0, 1), (0, 2), (0, 3), (1, 1), (2, 2), (3, 1), (3, 2)]
+    assert [i for i, _ in pairs] == sorted(i for i, _ in pairs), "grouped by hypothesis"
+
+
 def test_no_cross_prompt_pairs():
     """#4: two prompts with disjoint values pair only within themselves."""
     groups = ["a", "a", "a", "b", "b", "b"]
