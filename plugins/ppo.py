@@ -228,7 +228,10 @@ class PPO(L.LightningModule):
             first rollout's scores, i.e. samples of the initial policy, so the score has mean 0 and std 1
             as LHP's normalised reward model does; β then acts on that scale), "bias" (mean only) or
             "none" (the reward as it comes). Re-estimated after an online refit.
-        eval_max_new_tokens: greedy-decoding budget for validation.
+        eval_max_new_tokens: decoding budget for validation.
+        eval_sampled: validation also draws one sample per held-out prompt at the training temperature
+            (seeded: the same draws every evaluation) and logs ``val/sampled_accuracy`` and
+            ``val/sampled_score``: the distribution PPO optimises, beside the greedy ``val/accuracy``.
     """
 
     def __init__(self, policy: ModelConfig | Mapping[str, Any], reward: Any = None, lr: float = 1e-5,
@@ -245,7 +248,7 @@ class PPO(L.LightningModule):
                  ptx_forward_batch_size: int = 64, ema_decay: float | None = None,
                  max_grad_norm: float | None = None, forward_batch_size: int = 64, fast_generation: bool = False,
                  refit: Mapping[str, Any] | None = None, reward_normalization: str = "ziegler",
-                 eval_max_new_tokens: int = 64, num_samples_shown: int = 5):
+                 eval_max_new_tokens: int = 64, eval_sampled: bool = True, num_samples_shown: int = 5):
         super().__init__()
         if mode not in MODES:
             raise UserError(f"algo.mode={mode!r}: use one of {MODES}")
@@ -605,6 +608,18 @@ class PPO(L.LightningModule):
         n = len(outputs)
         self.log("val/accuracy", correct.mean().to(self.device), batch_size=n, sync_dist=True, prog_bar=True)
         self.log("val/score", scores.mean(), batch_size=n, sync_dist=True)
+        if hp.eval_sampled:  # what PPO optimises: one sample per held-out prompt at the training temperature
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices), self._ema_weights():  # same draws every evaluation,
+                torch.manual_seed(10_007 + batch_idx)                         # training's RNG untouched
+                sampled = self.policy.generate_text(prompts, max_new_tokens=hp.eval_max_new_tokens, do_sample=True,
+                                                    temperature=hp.temperature, top_k=hp.top_k, top_p=hp.top_p,
+                                                    fast=hp.fast_generation)
+            if targets[0] is not None:
+                self.log("val/sampled_accuracy", exact_match(sampled, targets).mean().to(self.device), batch_size=n,
+                         sync_dist=True)
+            sampled_scores = _as_scores(self.reward_fn(list(prompts), sampled, list(targets)), n, self.device)
+            self.log("val/sampled_score", sampled_scores.mean(), batch_size=n, sync_dist=True)
         if batch_idx == 0:
             k = hp.num_samples_shown
             self._samples = [{"prompt": p, "output": o, "target": t, "score": round(float(s), 3)}

@@ -458,3 +458,26 @@ def test_online_refits_queue_samples_for_people_and_use_what_is_labeled(tmp_path
     meta = module.refitter.comparisons[0].meta
     assert meta["source"] == "online" and meta["sampling"]["k"] == 2 and meta["labeler"] == "ada"
     assert module.refitter.refit()["accuracy"] in (0.0, 1.0)
+
+
+def test_validation_logs_seeded_sampled_metrics_without_touching_training_rng():
+    """``val/sampled_*``: one sample per held-out prompt at the training temperature, the same draws at
+    every evaluation, and the global RNG (which drives training's sampling) left where it was."""
+    def validate(module, dm):
+        trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, limit_val_batches=1)
+        return trainer.validate(module, datamodule=dm, verbose=False)[0]
+
+    module, trainer = _fit([], max_steps=1, reward=("reward=verifier",))
+    runs, states = [], []
+    for sampled in (True, True, False):
+        module.hparams.eval_sampled = sampled
+        torch.manual_seed(123)
+        runs.append(validate(module, trainer.datamodule))
+        states.append(torch.get_rng_state())
+    assert {"val/accuracy", "val/score", "val/sampled_accuracy", "val/sampled_score"} <= set(runs[0])
+    assert runs[0]["val/sampled_score"] == runs[1]["val/sampled_score"]
+    assert 0.0 <= runs[0]["val/sampled_accuracy"] <= 1.0
+    assert "val/sampled_score" not in runs[2]
+    # the data loader draws from the global RNG either way; the sampled evaluation adds nothing to that
+    assert torch.equal(states[0], states[2])
