@@ -40,6 +40,7 @@ from feedback_lm.models import ModelConfig, ScalarHead
 from feedback_lm.optim import lr_factor
 from feedback_lm.policy import Policy
 from feedback_lm.rollout import Rollout, RolloutBuffer
+from plugins.reward_model import ziegler_gain_bias
 
 MODES = ("eos_masking", "lhp_fixed_length")
 REWARD_NORMALIZATIONS = ("ziegler", "bias", "none")
@@ -433,15 +434,9 @@ class PPO(L.LightningModule):
             if self._trainer is not None and self.trainer.world_size > 1:
                 pooled = self.all_gather(pooled).reshape(-1)
             mu = float(pooled.double().mean())
-            sigma = float(pooled.double().std(unbiased=False)) if pooled.numel() > 1 else 0.0
-            if sigma <= 1e-8:  # every sample scored the same: shift only, and try again next rollout
+            if float(pooled.double().std(unbiased=False)) <= 1e-8:  # all scored the same: shift, decide later
                 return raw - mu
-            if mode == "ziegler":
-                from plugins.reward_model import ziegler_gain_bias
-
-                self.score_norm = ziegler_gain_bias(pooled)
-            else:
-                self.score_norm = (1.0, -mu)
+            self.score_norm = ziegler_gain_bias(pooled) if mode == "ziegler" else (1.0, -mu)
         gain, bias = self.score_norm
         return raw * gain + bias
 
@@ -600,21 +595,23 @@ class PPO(L.LightningModule):
     def validation_step(self, batch: dict[str, list[str]], batch_idx: int) -> None:
         hp = self.hparams
         prompts, targets = batch["prompt"], batch.get("target") or [None] * len(batch["prompt"])
+        sampled = None
         with self._ema_weights():
             outputs = self.policy.generate_text(prompts, max_new_tokens=hp.eval_max_new_tokens, do_sample=False,
                                                 fast=hp.fast_generation)
+            if hp.eval_sampled:  # what PPO optimises: one sample per held-out prompt at the training temperature
+                devices = [self.device] if self.device.type == "cuda" else []
+                with torch.random.fork_rng(devices=devices):  # the same draws every evaluation; training's RNG
+                    torch.manual_seed(10_007 + batch_idx)      # is left where it was
+                    sampled = self.policy.generate_text(prompts, max_new_tokens=hp.eval_max_new_tokens,
+                                                        do_sample=True, temperature=hp.temperature, top_k=hp.top_k,
+                                                        top_p=hp.top_p, fast=hp.fast_generation)
         correct = exact_match(outputs, targets) if targets[0] is not None else torch.zeros(len(outputs))
         scores = _as_scores(self.reward_fn(list(prompts), outputs, list(targets)), len(outputs), self.device)
         n = len(outputs)
         self.log("val/accuracy", correct.mean().to(self.device), batch_size=n, sync_dist=True, prog_bar=True)
         self.log("val/score", scores.mean(), batch_size=n, sync_dist=True)
-        if hp.eval_sampled:  # what PPO optimises: one sample per held-out prompt at the training temperature
-            devices = [self.device] if self.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices), self._ema_weights():  # same draws every evaluation,
-                torch.manual_seed(10_007 + batch_idx)                         # training's RNG untouched
-                sampled = self.policy.generate_text(prompts, max_new_tokens=hp.eval_max_new_tokens, do_sample=True,
-                                                    temperature=hp.temperature, top_k=hp.top_k, top_p=hp.top_p,
-                                                    fast=hp.fast_generation)
+        if sampled is not None:
             if targets[0] is not None:
                 self.log("val/sampled_accuracy", exact_match(sampled, targets).mean().to(self.device), batch_size=n,
                          sync_dist=True)
