@@ -20,19 +20,15 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import csv
 import datetime as dt
 import json
 import math
 import os
 import platform
-import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _cli import read_curves, run_train
 COMMON = ["algo=ppo", "model.preset=null", "algo.lr=2e-5", "data.batch_size=256", "algo.minibatch_size=64",
           "trainer.log_every_n_steps=1", "algo.eval_sampled=true", "save_model=false"]
 ARMS = {
@@ -44,53 +40,15 @@ CURVES = ("val/accuracy", "val/sampled_accuracy", "val/score", "val/sampled_scor
           "rollout/accuracy", "rollout/score_mean", "rollout/response_len")
 
 
-def read_curves(metrics_csv: Path, iterations: int) -> dict[str, list[tuple[int, float]]]:
-    """(iterations done, value) per metric from Lightning's metrics.csv.
-
-    Training rows carry their iteration's index (0-based). Lightning logs a validation run inside training
-    under the index of the iteration just finished (after 5 iterations: step 4), so those become step + 1;
-    the first validation row is the "before" evaluation (0 done) and the one at ``iterations`` the final one.
-    """
-    curves: dict[str, dict[int, float]] = {k: {} for k in CURVES}
-    if metrics_csv.is_file():
-        with open(metrics_csv) as f:
-            for row in csv.DictReader(f):
-                for k in CURVES:
-                    if row.get(k) in (None, ""):
-                        continue
-                    step = int(row["step"])
-                    if k.startswith("val/") and curves[k] and step < iterations:
-                        step += 1
-                    curves[k][step] = float(row[k])
-    return {k: sorted(v.items()) for k, v in curves.items()}
-
-
 def run_one(arm: str, seed: int, args, out_root: Path) -> dict:
     run_dir = out_root / f"{arm}_s{seed}"
     overrides = [*COMMON, f"model.name_or_path={args.sft}", f"seed={seed}", f"data.seed={args.data_seed}",
                  f"trainer.max_steps={args.iterations}", f"trainer.val_check_interval={args.val_every}",
                  f"checkpoint_every_n_steps={args.iterations}",
-                 *[o.format(rm=args.rm) for o in ARMS[arm]], *args.trainer_overrides,
-                 f"hydra.run.dir={run_dir}"]
-    cmd = [sys.executable, "train.py", *overrides]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(args.threads),
-           "MKL_NUM_THREADS": str(args.threads)}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    t = time.perf_counter()
-    with open(run_dir / "bench.log", "w") as log:
-        try:
-            rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                timeout=args.run_timeout).returncode
-        except subprocess.TimeoutExpired:
-            rc = "timeout"   # what it logged so far still counts (flush the CSV logger every step to keep it)
-    wall = time.perf_counter() - t
-    curves = read_curves(run_dir / "metrics.csv", args.iterations)
-    status = "ok" if rc == 0 else f"failed rc={rc}"
-    print(f"{arm} seed {seed}: {status} in {wall:.0f}s", flush=True)
-    if rc not in (0, "timeout"):
-        print("".join((run_dir / "bench.log").read_text().splitlines(keepends=True)[-15:]), flush=True)
-    return {"arm": arm, "seed": seed, "rc": rc, "wall_seconds": round(wall, 1), "command": shlex.join(cmd),
-            "curves": curves}
+                 *[o.format(rm=args.rm) for o in ARMS[arm]], *args.trainer_overrides]
+    run = run_train(overrides, run_dir, args.threads, args.run_timeout)
+    print(f"{arm} seed {seed}: rc={run['rc']} in {run['wall_seconds']:.0f}s", flush=True)
+    return {"arm": arm, "seed": seed, **run, "curves": read_curves(run_dir / "metrics.csv", CURVES, args.iterations)}
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:

@@ -436,6 +436,8 @@ class SelfCorrect(L.LightningModule):
         self.log("self_correct/pool_size", float(len(rows)))
         self.log("self_correct/iteration", self.iterations.float())
         self.log("self_correct/pairs", float(len(pairs)))
+        if hp.keep_pairs:
+            self.log("self_correct/keep_pairs", float(sum(i == j for i, j in pairs)))
         if not pairs:
             return  # every pool so far is a tie: nothing to learn from yet
         hyp = torch.tensor([i for i, _ in pairs])
