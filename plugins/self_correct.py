@@ -151,11 +151,19 @@ def sample_pairs(hyp_index: torch.Tensor, improvement: torch.Tensor, similarity:
 
 
 def corrector_prompt(prompt: str, hypothesis: str, feedback: str | None, sep_hypothesis: str = "\nHypothesis:",
-                     sep_feedback: str = "\nFeedback:", sep_correction: str = "\nCorrection:") -> str:
-    """``x ⊕ SEP_H ⊕ y ⊕ SEP_F ⊕ f(y) ⊕ SEP_C`` (spec §6.1); the SEP_F part is dropped when
-    ``feedback`` is None (no feedback used). An empty feedback string ("nothing wrong found") is kept."""
+                     sep_feedback: str = "\nFeedback:", sep_correction: str = "\nCorrection:",
+                     layout: str = "prompt_first") -> str:
+    """The corrector's input. ``prompt_first`` (spec §6.1): ``x ⊕ SEP_H ⊕ y ⊕ SEP_F ⊕ f(y) ⊕ SEP_C``.
+    ``prompt_last`` [PROJECT]: ``SEP_H ⊕ y ⊕ SEP_F ⊕ f(y) ⊕ "\n" ⊕ x`` (leading newlines of SEP_H dropped,
+    no SEP_C): the input ends exactly as the generator's prompt does, so a corrector started from the
+    generator's weights starts out answering the question. The SEP_F part is dropped when ``feedback``
+    is None (no feedback used); an empty feedback string ("nothing wrong found") is kept."""
     fb = "" if feedback is None else f"{sep_feedback} {feedback}".rstrip()
-    return f"{prompt}{sep_hypothesis}{hypothesis}{fb}{sep_correction}"
+    if layout == "prompt_first":
+        return f"{prompt}{sep_hypothesis}{hypothesis}{fb}{sep_correction}"
+    if layout == "prompt_last":
+        return f"{sep_hypothesis.lstrip(chr(10))}{hypothesis}{fb}\n{prompt}"
+    raise UserError(f"algo.layout={layout!r}: use prompt_first (spec §6.1) or prompt_last")
 
 
 def corrector_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -297,6 +305,7 @@ class SelfCorrect(L.LightningModule):
         value: the value/feedback function, ``{"name": ..., **kwargs}`` (``feedback_lm.values``).
         use_feedback: put ``f(y)`` into the corrector input.
         sep_hypothesis / sep_feedback / sep_correction: the separators of spec §6.1.
+        layout: ``prompt_first`` (spec §6.1) or ``prompt_last`` (see :func:`corrector_prompt`).
         num_samples: N, generator samples per prompt at initialization.
         sample_temperature: decoding q for initialization and exploration (inference is greedy).
         alpha / beta: improvement and proximity weights of Eq. 4.
@@ -310,8 +319,8 @@ class SelfCorrect(L.LightningModule):
         eval_generator_path / eval_generator_sft_steps: a second generator whose outputs the corrector
             is also applied to at validation (swapping generators); a path, or an in-plugin SFT run of
             that many steps (same settings as the first).
-        max_iterations: stop training after this many iterations of Algorithm 1 (None: only
-            ``trainer.max_steps`` decides; that counts optimizer steps, ``updates_per_step`` per iteration).
+        max_iterations: stop training after this many iterations of Algorithm 1 (None: ``trainer.max_steps``
+            decides; one Lightning step is one iteration, its ``updates_per_step`` updates included).
         num_samples_shown: validation samples printed.
     """
 
@@ -320,7 +329,8 @@ class SelfCorrect(L.LightningModule):
                  generator_sft_batch_size: int = 32, corrector_init: str = "generator",
                  value: Mapping[str, Any] | None = None, use_feedback: bool = True,
                  sep_hypothesis: str = "\nHypothesis:", sep_feedback: str = "\nFeedback:",
-                 sep_correction: str = "\nCorrection:", num_samples: int = 4, sample_temperature: float = 1.0,
+                 sep_correction: str = "\nCorrection:", layout: str = "prompt_first", num_samples: int = 4,
+                 sample_temperature: float = 1.0,
                  alpha: float = 1.0, beta: float = 1.0, keep_pairs: bool = False, batch_size: int = 32,
                  updates_per_step: int = 1,
                  pool_capacity: int = 50000, lr: float = 1e-3, weight_decay: float = 0.0, warmup_steps: int = 0,
@@ -340,6 +350,7 @@ class SelfCorrect(L.LightningModule):
                                       if eval_generator_path or eval_generator_sft_steps > 0 else None)
         self.value_fn: ValueFn = build_value_fn(value or {"name": "task", "task": "word_sorting"})
         self.save_hyperparameters()
+        corrector_prompt("", "", None, layout=layout)  # a bad layout fails here, not after the generator's SFT
         self.hparams.policy = self.model_config.to_dict()
         self.hparams.generator = self.generator_config.to_dict()
         self.automatic_optimization = False
@@ -438,15 +449,17 @@ class SelfCorrect(L.LightningModule):
         self.log("self_correct/pairs", float(len(pairs)))
         if hp.keep_pairs:
             self.log("self_correct/keep_pairs", float(sum(i == j for i, j in pairs)))
-        if not pairs:
-            return  # every pool so far is a tie: nothing to learn from yet
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        if not pairs:  # every pool so far is a tie: nothing to learn from yet; the iteration still counts
+            opt.zero_grad(set_to_none=True)
+            opt.step()  # no gradients: AdamW skips every parameter; advances global_step
+            return
         hyp = torch.tensor([i for i, _ in pairs])
         self.log("self_correct/hypotheses", float(len(set(hyp.tolist()))))
         improvement = torch.tensor([float(rows[j]["scores"]) - float(rows[i]["scores"]) for i, j in pairs])
         similarity = self._similarities(rows, pairs)
-        opt, sched = self.optimizers(), self.lr_schedulers()
         losses = []
-        for _ in range(hp.updates_per_step):
+        for update in range(hp.updates_per_step):
             picked = sample_pairs(hyp, improvement, similarity, hp.alpha, hp.beta, hp.batch_size, self._pair_gen)
             chosen = [pairs[i] for i in picked.tolist()]
             inputs = [self._input(rows[i]["prompt"], rows[i]["response"], rows[i]["feedback"]) for i, _ in chosen]
@@ -456,7 +469,10 @@ class SelfCorrect(L.LightningModule):
             self.manual_backward(loss)
             if hp.max_grad_norm:
                 self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
-            opt.step()
+            if update == hp.updates_per_step - 1:
+                opt.step()  # through Lightning's wrapper: advances global_step, so one step = one iteration
+            else:  # the same precision/strategy path without the step-progress hooks (as PPO does)
+                self.trainer.strategy.optimizer_step(opt.optimizer, closure=lambda: None, model=self)
             sched.step()
             losses.append(loss.detach())
         self.log("train/loss", torch.stack(losses).mean(), prog_bar=True, batch_size=hp.batch_size)
@@ -465,7 +481,7 @@ class SelfCorrect(L.LightningModule):
     def _input(self, prompt: str, hypothesis: str, feedback: str) -> str:
         hp = self.hparams
         return corrector_prompt(prompt, hypothesis, feedback if hp.use_feedback else None,
-                                hp.sep_hypothesis, hp.sep_feedback, hp.sep_correction)
+                                hp.sep_hypothesis, hp.sep_feedback, hp.sep_correction, hp.layout)
 
     def _sample_corrections(self, prompts: list[str], hyps: list[str], feedback: list[str]) -> list[str]:
         return self.corrector.generate_text([self._input(p, h, f) for p, h, f in zip(prompts, hyps, feedback)],
@@ -559,7 +575,8 @@ class SelfCorrect(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         opt = build_adamw(self.corrector.parameters(), hp.lr, hp.weight_decay)
-        total = max(1, int(self.trainer.max_steps if self.trainer.max_steps > 0 else 1000) * hp.updates_per_step)
+        iterations = hp.max_iterations or (self.trainer.max_steps if self.trainer.max_steps > 0 else 1000)
+        total = max(1, int(iterations) * hp.updates_per_step)  # the schedule steps once per update
         sched = build_scheduler(opt, total, hp.schedule, hp.warmup_steps, hp.min_lr_ratio)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

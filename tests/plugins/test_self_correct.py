@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from transformers import ByT5Tokenizer
 
+from feedback_lm.errors import UserError
 from feedback_lm.policy import Policy
 from feedback_lm.rollout import RolloutBuffer
 from feedback_lm.values import Judgement, judge
@@ -210,6 +211,13 @@ def test_corrector_loss_ignores_x_y_and_feedback():
     text = corrector_prompt("Q: 2 1\nA:", " 2 1", "misplaced: 2")
     assert text == "Q: 2 1\nA:\nHypothesis: 2 1\nFeedback: misplaced: 2\nCorrection:"
     assert corrector_prompt("x", "y", None) == "x\nHypothesis:y\nCorrection:"
+    # prompt_last: the input ends as the generator's prompt does (a corrector started from the generator
+    # starts out answering the question); no correction separator
+    assert corrector_prompt("Q: 2 1\nA:", " 2 1", "misplaced: 2", layout="prompt_last") == \
+        "Hypothesis: 2 1\nFeedback: misplaced: 2\nQ: 2 1\nA:"
+    assert corrector_prompt("x", "y", None, layout="prompt_last") == "Hypothesis:y\nx"
+    with pytest.raises(UserError, match="prompt_first"):
+        corrector_prompt("x", "y", None, layout="middle")
     P = len(text.encode())
     policy = Policy(FixedLogits(torch.zeros(1, 1, 1)), tok)
     enc = policy.encode_batch([text], [" 1 2"])
@@ -283,11 +291,11 @@ def test_toy_integration_sorted_digits(tmp_path):
                          use_feedback=False, alpha=5.0, batch_size=16, updates_per_step=40, lr=3e-3, max_new_tokens=8,
                          num_corrections=1)
     data = TaskDataModule(task="sc_sorted_digits", num_train=64, num_val=32, batch_size=16, eval_batch_size=32)
-    trainer = L.Trainer(accelerator="cpu", max_steps=3 * 40, logger=False, enable_checkpointing=False,
+    trainer = L.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         val_check_interval=None, check_val_every_n_epoch=None, default_root_dir=str(tmp_path))
     trainer.fit(module, datamodule=data)
-    assert int(module.iterations) == 3
+    assert int(module.iterations) == 3 and trainer.global_step == 3  # one Lightning step = one iteration
     # v of the untrained sampler's outputs vs v after one (sampled) correction of those same outputs
     prompts = [r["prompt"] for r in data.val_rows for _ in range(8)]
     targets = [r["target"] for r in data.val_rows for _ in range(8)]
