@@ -24,7 +24,8 @@ from _cli import read_curves, run_train
 K = 3  # algo.num_corrections of the default
 CURVES = tuple(f"self_correct/value@{t}" for t in range(K + 1)) + \
     tuple(f"self_correct/oracle_value@{t}" for t in range(K + 1)) + \
-    ("self_correct/fixed", "self_correct/broken", "val/value", "val/generator_value", "rollout/explore_value",
+    ("self_correct/fixed", "self_correct/broken", "val/value", "val/generator_value", "val/accuracy",
+     "val/generator_accuracy", "rollout/explore_value",
      "rollout/explore_gain", "self_correct/pairs", "self_correct/keep_pairs", "self_correct/pool_size",
      "train/loss")
 # Named variants: overrides on top of conf/algo/self_correct.yaml (the default is the empty list).
