@@ -1,7 +1,8 @@
 """Issue 5's comparison table: no training / shared start / SFT / PPO / HIR on generated BBH tasks.
 
 For each task and seed, everything runs through the real CLI (``python train.py ...`` subprocesses, one
-at a time), then every saved model is evaluated here, in-process, the same way:
+at a time; ``--parallel N`` runs N (task, seed) pipelines at once), then every saved model is evaluated
+here, in-process, the same way:
 
 1. **start** (shared by the three training arms): ``python train.py algo=hir`` stopped inside HIR's own
    supervised warm start (``algo.warm_start_steps``, ``conf/experiment/hir_tiny-t5.yaml``: gold answers
@@ -40,6 +41,7 @@ Usage::
     python bench/bench_hir_table.py --smoke                                          # plumbing, ~2-3 min
     python bench/bench_hir_table.py --tasks word_sorting,object_counting --seeds 0,1 --arm-seconds 300
     python bench/bench_hir_table.py --reuse --json out.json     # re-evaluate the runs in --work, no training
+    python bench/bench_hir_table.py --trainer gpu --parallel 3 --start-seconds 600 --arm-seconds 300  # a GPU
 
 Prints a markdown table (task x arm: generated held-out accuracy, BBH accuracy, fit time, steps, seed)
 and, with ``--json``, writes every number, command line, run directory and machine condition.
@@ -49,6 +51,7 @@ Results are recorded in bench/README.md ("HIR on the tiny default" -> "The compa
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
 import datetime as dt
 import json
 import os
@@ -133,6 +136,7 @@ def common_overrides(task: str, seed: int, args) -> list[str]:
         "eval_before=false", "eval_after=false", "trainer.limit_val_batches=0",
         "checkpoint_every_n_steps=1000000", "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false",
+        *(["trainer=gpu", "trainer.precision=32-true"] if args.trainer == "gpu" else []),
     ]
 
 
@@ -198,6 +202,8 @@ def load_policy(model_dir: Path | None, seed: int, args):
                           max_length=args.max_length)
     policy = Policy.from_config(cfg)
     policy.model.eval()
+    if args.trainer == "gpu":
+        policy.to("cuda")
     return policy
 
 
@@ -216,7 +222,8 @@ def accuracy(policy, examples, max_new_tokens: int, batch: int = 50) -> tuple[fl
         for i in range(0, len(examples), batch):
             chunk = examples[i: i + batch]
             prompts = [f"{INSTRUCTION}\n\n{format_prompt(e, QUERY_TEMPLATE)}" for e in chunk]
-            outputs, ok = greedy_eval(policy, prompts, [e.target for e in chunk], max_new_tokens)
+            outputs, ok = greedy_eval(policy, prompts, [e.target for e in chunk], max_new_tokens,
+                                      device=next(policy.model.parameters()).device)
             correct += ok.tolist()
             answers.update(o.strip() for o in outputs)
             if not shown:
@@ -333,6 +340,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--reuse", action="store_true",
                    help="take finished runs already in --work as they are (re-evaluate without retraining)")
     p.add_argument("--smoke", action="store_true", help="one task, seconds-long budgets, small eval sets")
+    p.add_argument("--trainer", default="cpu", choices=("cpu", "gpu"),
+                   help="gpu: every run on the GPU (fp32) and evaluation there too")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="(task, seed) pipelines run at once (each still runs its arms one after the other)")
     args = p.parse_args(argv)
     if args.smoke:
         args.tasks = "object_counting" if args.tasks == DEFAULT_TASKS else args.tasks
@@ -352,10 +363,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     t0 = time.perf_counter()
     info = machine()
-    rows = []
-    for task in tasks:
-        for seed in seeds:
-            rows += run_task(task, seed, work, args)
+    jobs = [(task, seed) for task in tasks for seed in seeds]
+    with cf.ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:  # train.py runs are subprocesses
+        rows = [row for rows_of_job in pool.map(lambda job: run_task(*job, work, args), jobs) for row in rows_of_job]
     total = time.perf_counter() - t0
     info["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     table = markdown(rows)

@@ -450,6 +450,10 @@ class SelfCorrect(L.LightningModule):
         if hp.keep_pairs:
             self.log("self_correct/keep_pairs", float(sum(i == j for i, j in pairs)))
         opt, sched = self.optimizers(), self.lr_schedulers()
+        if self.trainer.world_size > 1:  # every rank must take the same number of backward passes (DDP)
+            everyone = self.trainer.strategy.reduce(torch.tensor(float(bool(pairs)), device=self.device),
+                                                    reduce_op=torch.distributed.ReduceOp.MIN)
+            pairs = pairs if float(everyone) > 0 else []
         if not pairs:  # every pool so far is a tie: nothing to learn from yet; the iteration still counts
             opt.zero_grad(set_to_none=True)
             opt.step()  # no gradients: AdamW skips every parameter; advances global_step
