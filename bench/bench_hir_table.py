@@ -56,15 +56,15 @@ import datetime as dt
 import json
 import os
 import platform
-import shlex
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _cli import GPU_TRAINER, run_train  # bench/ is on sys.path when this runs as a script
 
 BBH_DIR = ROOT.parent / "shared" / "data" / "bbh"
 INSTRUCTION = "Solve the question with correct answer."   # plugins.hir.INSTR_ORIGINAL (the eval instruction)
@@ -103,7 +103,6 @@ def run_cli(overrides: list[str], run_dir: Path, log: Path, reuse: bool = False)
     ``reuse``: a finished run already in ``run_dir`` (metrics.json, model/ and this script's
     bench_run.json) is taken as it is, so a table can be re-evaluated without retraining.
     """
-    cmd = [sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}"]
     record = run_dir / "bench_run.json"
     if reuse and record.is_file() and (run_dir / "metrics.json").is_file() and (run_dir / "model").is_dir():
         print(f"reusing {run_dir}", flush=True)
@@ -111,17 +110,12 @@ def run_cli(overrides: list[str], run_dir: Path, log: Path, reuse: bool = False)
                 "reused": True}
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    print("$ " + shlex.join(cmd).replace("\n", "\\n"), flush=True)
-    t = time.perf_counter()
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, check=False, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    wall = time.perf_counter() - t
-    if proc.returncode:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
-        sys.exit(f"failed ({proc.returncode}); see {log}:\n{tail}")
+    print(f"$ train.py {' '.join(overrides)} -> {run_dir}", flush=True)
+    run = run_train(overrides, run_dir, threads=None, log=log)
+    if run["rc"] != 0:
+        sys.exit(f"failed ({run['rc']}); see {log}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    out = {"command": shlex.join(cmd), "wall_seconds": round(wall, 1)}
+    out = {"command": run["command"], "wall_seconds": run["wall_seconds"]}
     record.write_text(json.dumps(out) + "\n")
     return {**out, "metrics": metrics}
 
@@ -136,7 +130,7 @@ def common_overrides(task: str, seed: int, args) -> list[str]:
         "eval_before=false", "eval_after=false", "trainer.limit_val_batches=0",
         "checkpoint_every_n_steps=1000000", "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false",
-        *(["trainer=gpu", "trainer.precision=32-true"] if args.trainer == "gpu" else []),
+        *(GPU_TRAINER if args.trainer == "gpu" else []),
     ]
 
 

@@ -19,16 +19,13 @@ stages). ``--trainer gpu`` runs every process on the one GPU (fp32, as on CPU).
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
-import datetime as dt
 import json
 import math
-import os
-import platform
 import time
 from pathlib import Path
 
-from _cli import read_curves, run_train
+from _cli import GPU_TRAINER, finish, read_curves, run_jobs, run_train
+
 COMMON = ["algo=ppo", "model.preset=null", "algo.lr=2e-5", "data.batch_size=256", "algo.minibatch_size=64",
           "trainer.log_every_n_steps=1", "algo.eval_sampled=true", "save_model=false"]
 ARMS = {
@@ -88,8 +85,8 @@ def markdown(summary: dict, iterations: int) -> str:
         f = 100.0 if pct else 1.0
         return f"{f * m:.1f} ± {f * se:.1f}" if pct else f"{m:.3f} ± {se:.3f}"
 
-    lines = [f"| arm | seeds | greedy exact match, before -> after {iterations} it. | sampled exact match | "
-             "gain (sampled) | sampled score | KL, last 5 it. |", "|---|---|---|---|---|---|---|"]
+    lines = [(f"| arm | seeds | greedy exact match, before -> after {iterations} it. | sampled exact match | "
+              "gain (sampled) | sampled score | KL, last 5 it. |"), "|---|---|---|---|---|---|---|"]
     for arm, row in summary.items():
         g, s, sc = row.get("val/accuracy"), row.get("val/sampled_accuracy"), row.get("val/sampled_score")
         lines.append(
@@ -158,26 +155,18 @@ def main(argv: list[str] | None = None) -> dict:
             p.error(f"arm {a!r} needs --rm <reward model directory>")
     args.sft = str(Path(args.sft).resolve())
     args.rm = str(Path(args.rm).resolve()) if args.rm else None
-    args.trainer_overrides = (["trainer=gpu", "trainer.precision=32-true"] if args.trainer == "gpu" else []) + args.extra
+    args.trainer_overrides = (GPU_TRAINER if args.trainer == "gpu" else []) + args.extra
     seeds = [int(s) for s in args.seeds.split(",")]
     work = Path(args.work)
-    jobs = [(a, s) for s in seeds for a in arms]
     t = time.perf_counter()
-    with cf.ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        runs = list(pool.map(lambda job: run_one(*job, args, work), jobs))
+    runs = run_jobs(lambda arm, seed: run_one(arm, seed, args, work), [(a, s) for s in seeds for a in arms],
+                    args.parallel)
     summary = summarise(runs)
     table = markdown(summary, args.iterations)
     print(table)
-    result = {"what": "PPO from the SFT model on the embedded default, several seeds (bench/bench_ppo_seeds.py)",
-              "sft": args.sft, "rm": args.rm, "iterations": args.iterations, "trainer": args.trainer,
-              "wall_seconds": round(time.perf_counter() - t, 1), "summary": summary, "table": table,
-              "runs": runs, "machine": {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                                        "platform": platform.platform(), "cpu_count": os.cpu_count()}}
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-    if args.plot:
-        plot(runs, Path(args.plot))
-    return result
+    return finish({"what": "PPO from the SFT model on the embedded default, several seeds (bench/bench_ppo_seeds.py)",
+                   "sft": args.sft, "rm": args.rm, "iterations": args.iterations, "trainer": args.trainer,
+                   "summary": summary, "table": table, "runs": runs}, t, args.json, args.plot, plot)
 
 
 if __name__ == "__main__":

@@ -11,15 +11,11 @@ The summary is the final value@0..k per variant (mean over seeds) and the plot t
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
-import datetime as dt
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
-from _cli import read_curves, run_train
+from _cli import GPU_TRAINER, finish, read_curves, run_jobs, run_train
 
 K = 3  # algo.num_corrections of the default
 CURVES = tuple(f"self_correct/value@{t}" for t in range(K + 1)) + \
@@ -75,7 +71,7 @@ def summarise(runs: list[dict]) -> dict:
         if not sel:
             continue
 
-        def final(key):
+        def final(key, sel=sel):
             vals = [r["curves"][key][-1][1] for r in sel if r["curves"][key]]
             return sum(vals) / len(vals) if vals else None
 
@@ -147,24 +143,16 @@ def main(argv: list[str] | None = None) -> dict:
     for v in names:
         if v not in VARIANTS:
             p.error(f"unknown variant {v!r}; choose from {list(VARIANTS)}")
-    args.trainer_overrides = ["trainer=gpu", "trainer.precision=32-true"] if args.trainer == "gpu" else []
+    args.trainer_overrides = GPU_TRAINER if args.trainer == "gpu" else []
     jobs = [(v, int(s)) for s in args.seeds.split(",") for v in names]
     t = time.perf_counter()
-    with cf.ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        runs = list(pool.map(lambda job: run_one(*job, args, Path(args.work)), jobs))
+    runs = run_jobs(lambda name, seed: run_one(name, seed, args, Path(args.work)), jobs, args.parallel)
     summary = summarise(runs)
     table = markdown(summary)
     print(table)
-    result = {"what": "self-correction on the embedded default (bench/bench_self_correct_default.py)",
-              "variants": {v: VARIANTS[v] for v in names}, "extra": args.extra, "trainer": args.trainer,
-              "wall_seconds": round(time.perf_counter() - t, 1), "summary": summary, "table": table, "runs": runs,
-              "machine": {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                          "platform": platform.platform(), "cpu_count": os.cpu_count()}}
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-    if args.plot:
-        plot(runs, Path(args.plot))
-    return result
+    return finish({"what": "self-correction on the embedded default (bench/bench_self_correct_default.py)",
+                   "variants": {v: VARIANTS[v] for v in names}, "extra": args.extra, "trainer": args.trainer,
+                   "summary": summary, "table": table, "runs": runs}, t, args.json, args.plot, plot)
 
 
 if __name__ == "__main__":
