@@ -55,3 +55,31 @@ def explain_load_error(err: RuntimeError, ckpt_path: str | None) -> str | None:
     return (f"checkpoint {ckpt_path} does not fit this model: it was written by another architecture or "
             f"algorithm ({detail[:200]}). Resume with the same model=/algo= settings it was trained with."
             + written_by)
+
+
+def load_state_dict_safely(path: str | Path, option: str) -> dict[str, Any]:
+    """The ``state_dict`` of a Lightning checkpoint at ``path``, loaded with ``weights_only=True``.
+
+    A ``.ckpt`` is a pickle: loading one with ``weights_only=False`` runs whatever code it carries. This is
+    the one loader for checkpoints a user names in a config option (``option``, for the message), so no
+    such file can run code. A missing, truncated, corrupt or foreign file ends in one
+    :class:`~feedback_lm.errors.UserError` naming the file and what was expected.
+    """
+    from feedback_lm.errors import UserError
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{option}={path}: no such file (expected a .ckpt written by `python train.py`, "
+                        f"e.g. <run>/checkpoints/last.ckpt)")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - zip reader, unpickler and torch each raise their own kind
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"{option}={path} is not a checkpoint this project can load safely ({first}). "
+                        f"Expected a Lightning .ckpt written by `python train.py`; files that need arbitrary "
+                        f"code to unpickle are refused.") from None
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise UserError(f"{option}={path} holds no 'state_dict' (expected a Lightning .ckpt written by "
+                        f"`python train.py`)")
+    return state

@@ -199,6 +199,11 @@ class _Interpreter:
             if node.keywords or not node.args or (node.func.id not in ("min", "max") and len(node.args) > 2):
                 raise ProgramError(f"bad arguments to {node.func.id}()")
             args = [self._eval(a) for a in node.args]
+            if node.func.id == "round" and len(args) == 2 and isinstance(args[1], int):
+                # round(x, n) costs O(|n|) digits inside one built-in call, where the time limit cannot
+                # reach (round(1, -10**8) runs for minutes). Every |x| <= max_abs < 1e32, so clamping n
+                # to [-32, 32] leaves the result exactly as it was.
+                args[1] = max(-32, min(32, args[1]))
             try:
                 return self._check(_FUNCS[node.func.id](*args))
             except (TypeError, ValueError, OverflowError) as e:

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from feedback_lm.checkpoint import load_state_dict_safely
 from feedback_lm.data.comparisons import Comparison
 from feedback_lm.errors import UserError
 from feedback_lm.models import ModelConfig, ScalarHead
@@ -310,7 +311,7 @@ def load_reward_model(directory: str, device: str | torch.device = "cpu") -> Rew
 
 
 def _load_policy_weights(policy: Policy, ckpt_path: str) -> None:
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("state_dict", {})
+    state = load_state_dict_safely(ckpt_path, "algo.init_from")
     weights = {k[len("policy."):]: v for k, v in state.items() if k.startswith("policy.")}
     if not weights:
         raise UserError(f"algo.init_from={ckpt_path} holds no policy weights (expected an SFT checkpoint)")

@@ -43,6 +43,7 @@ import lightning as L
 import torch
 
 from feedback_lm import ops
+from feedback_lm.checkpoint import load_state_dict_safely
 from feedback_lm.display import print_samples
 from feedback_lm.errors import UserError
 from feedback_lm.models import ModelConfig
@@ -370,7 +371,8 @@ class SelfCorrect(L.LightningModule):
         self.corrector = Policy.from_config(self.model_config)
         self.generator = _build_generator(self.generator_config, self.hparams.generator_path)
         if self.eval_generator_config is not None:
-            self.eval_generator = _build_generator(self.eval_generator_config, self.hparams.eval_generator_path)
+            self.eval_generator = _build_generator(self.eval_generator_config, self.hparams.eval_generator_path,
+                                                   "algo.eval_generator_path")
         self.pool.pad_token_id = self.corrector.pad_token_id
 
     # ------------------------------------------------------------------------- generator preparation
@@ -638,13 +640,11 @@ def _generator_config(base: ModelConfig | Mapping[str, Any], path: str | None) -
     return cfg
 
 
-def _build_generator(cfg: ModelConfig, path: str | None) -> Policy:
+def _build_generator(cfg: ModelConfig, path: str | None, option: str = "algo.generator_path") -> Policy:
     """The fixed generator: built from ``cfg``; an SFT ``.ckpt`` of ours loads its ``policy.*`` weights."""
     gen = Policy.from_config(cfg)
     if path and path.endswith(".ckpt"):
-        if not Path(path).is_file():
-            raise UserError(f"generator checkpoint {path} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=False).get("state_dict", {})
+        state = load_state_dict_safely(path, option)
         weights = {k[len("policy."):]: v for k, v in state.items() if k.startswith("policy.")}
         if not weights:
             raise UserError(f"{path} holds no policy weights (expected an SFT checkpoint of ours)")

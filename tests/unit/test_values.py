@@ -145,3 +145,14 @@ def test_judge_batches_and_build_value_fn():
         build_value_fn({"name": "builtins.dict"})
     with pytest.raises(ValueError, match="outputs"):
         judge(fn, ["q"], [], ["a"])
+
+
+@pytest.mark.parametrize("src, expected", [
+    ("round(1, -10**8)", 0), ("round(1, -10**7)", 0), ("round(1, -100000000)", 0), ("round(123456789, -3)", 123457000),
+    ("round(7, 100000000)", 7), ("round(2.5, 100000000)", 2.5), ("round(1.23456, 2)", 1.23),
+    ("round(999999999999999, -100000000)", 0),
+])
+def test_round_with_a_huge_ndigits_finishes_with_the_exact_result(src, expected):
+    """round(x, n) is O(|n|) inside one built-in call (round(1, -10**8) ran for minutes): n is clamped to a
+    range that cannot change the result of any number under the magnitude cap (issue 14)."""
+    assert run_program(src) == pytest.approx(expected)
