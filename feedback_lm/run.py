@@ -2,7 +2,8 @@
 
 ``train.py`` hands the composed Hydra config to :func:`main`, which
 
-1. checks what cannot work (a multirun sweep with self-launched multi-process DDP),
+1. checks what cannot work before anything is built: the config's settings, types and ranges, the data
+   shape the algorithm needs, a multirun sweep with self-launched multi-process DDP,
 2. instantiates the datamodule, the algorithm plugin, the loggers and the Lightning Trainer,
 3. evaluates before training, trains (resuming from ``ckpt_path=`` when given), evaluates after,
 4. writes ``metrics.json`` (flat final metrics), plots of the logged curves and the trained model in
@@ -25,12 +26,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from feedback_lm.checkpoint import AtomicCheckpointIO, explain_load_error, write_json_atomic
+from feedback_lm.checks import check_config, check_data_kind, check_dir_creatable, check_experiment
 from feedback_lm.errors import UserError
 
 
 def main(cfg: DictConfig) -> dict[str, Any] | None:
     """Hydra task function: run, turning user errors into one clear line and exit status 2."""
     try:
+        check_experiment()
         if cfg.get("pipeline"):  # experiment=instructgpt_tiny and friends: a chain of runs
             from feedback_lm.pipeline import run_pipeline
 
@@ -47,7 +50,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     refuse_multirun_with_spawned_ddp(cfg)
     OmegaConf.resolve(cfg)  # resolve once, in this process (DESIGN §5.5)
+    check_config(cfg)
+    check_data_kind(cfg.algo._target_, cfg.data._target_)
     run_dir = Path(cfg.run_dir)
+    check_dir_creatable(run_dir, "run_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if torch.cuda.is_available():

@@ -16,11 +16,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
+from feedback_lm.checks import check_args
 from feedback_lm.data import files, tasks
 from feedback_lm.errors import UserError
 
@@ -68,15 +69,23 @@ class TaskDataModule(L.LightningDataModule):
         eval_batch_size: validation batch size.
         val_fraction: share of JSONL rows held out when there is no ``val_path``.
         seed: data seed; train and val sets are drawn from disjoint streams and deduplicated.
+        split_seed: the permutation seed of the BBH 80/20 split. Fixed (1, as in the HIR reference code)
+            rather than the run's seed, so runs with different seeds are evaluated on the same examples.
         num_workers: DataLoader workers.
     """
+
+    DATA_KIND: ClassVar[str] = "tasks"
 
     def __init__(self, source: str = "generated", task: str = "word_sorting",
                  difficulty: dict[str, Any] | None = None, path: str | None = None,
                  val_path: str | None = None, num_train: int = 10000, num_val: int = 200,
                  template: str = "Q: {input}\nA:", batch_size: int = 32, eval_batch_size: int = 100,
-                 val_fraction: float = 0.1, seed: int = 0, num_workers: int = 0):
+                 val_fraction: float = 0.1, seed: int = 0, split_seed: int = 1, num_workers: int = 0):
         super().__init__()
+        check_args("data", num_train=(num_train, ">= 1"), num_val=(num_val, ">= 0"), batch_size=(batch_size, ">= 1"),
+                   eval_batch_size=(eval_batch_size, ">= 1"), val_fraction=(val_fraction, "[0, 1)"),
+                   num_workers=(num_workers, ">= 0"))
+        check_template(template)
         if source not in SOURCES:
             raise UserError(f"unknown data.source '{source}'; choose one of {list(SOURCES)}")
         if source != "generated" and not path:
@@ -85,7 +94,7 @@ class TaskDataModule(L.LightningDataModule):
         self.path, self.val_path = path, val_path
         self.num_train, self.num_val, self.template = num_train, num_val, template
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.val_fraction, self.seed, self.num_workers = val_fraction, seed, num_workers
+        self.val_fraction, self.seed, self.split_seed, self.num_workers = val_fraction, seed, split_seed, num_workers
         self.train_rows: list[dict[str, str]] | None = None
         self.val_rows: list[dict[str, str]] | None = None
 
@@ -97,8 +106,9 @@ class TaskDataModule(L.LightningDataModule):
             train, val = generated_split(self.task, self.num_train, self.num_val, self.seed, self.difficulty)
             self.train_rows, self.val_rows = example_rows(train, self.template), example_rows(val, self.template)
         elif self.source == "bbh":
-            self.train_rows = example_rows(files.load_bbh(self.path, split="train", seed=self.seed), self.template)
-            self.val_rows = example_rows(files.load_bbh(self.path, split="test", seed=self.seed),
+            self.train_rows = example_rows(files.load_bbh(self.path, split="train", seed=self.split_seed),
+                                           self.template)
+            self.val_rows = example_rows(files.load_bbh(self.path, split="test", seed=self.split_seed),
                                          self.template)[: self.num_val]
         else:
             rows = [_jsonl_row(r) for r in files.load_jsonl(self.path)]
@@ -125,6 +135,13 @@ class TaskDataModule(L.LightningDataModule):
     def describe(self) -> str:
         where = self.task if self.source == "generated" else Path(self.path).name
         return f"{self.source}:{where} ({len(self.train_rows or [])} train / {len(self.val_rows or [])} held out)"
+
+
+def check_template(template: str) -> None:
+    """A prompt template must place the question somewhere: refuse one without ``{input}``."""
+    if not isinstance(template, str) or "{input}" not in template:
+        raise UserError(f"data.template={template!r} has no {{input}} placeholder, so every prompt would be the "
+                        f"same text; e.g. data.template='Q: {{input}}\\nA:'")
 
 
 def generated_split(task: str, num_train: int, num_val: int, seed: int,
@@ -225,12 +242,18 @@ class ComparisonDataModule(L.LightningDataModule):
         batch_size: prompts per batch (InstructGPT counts prompts, not pairs).
     """
 
+    DATA_KIND: ClassVar[str] = "comparisons"
+
     def __init__(self, source: str = "generated", task: str = "word_sorting",
                  difficulty: dict[str, Any] | None = None, template: str = "Q: {input}\nA:",
                  path: str | None = None, val_path: str | None = None, num_train: int = 4000,
                  num_val: int = 200, k: int = 4, batch_size: int = 32, eval_batch_size: int = 64,
                  val_fraction: float = 0.2, seed: int = 0, num_workers: int = 0):
         super().__init__()
+        check_args("data", num_val=(num_val, ">= 0"), k=(k, ">= 2"), batch_size=(batch_size, ">= 1"),
+                   eval_batch_size=(eval_batch_size, ">= 1"), val_fraction=(val_fraction, "[0, 1)"),
+                   num_workers=(num_workers, ">= 0"))
+        check_template(template)
         if source not in COMPARISON_SOURCES:
             raise UserError(f"unknown data.source '{source}' for comparisons; choose one of {list(COMPARISON_SOURCES)}")
         if source != "generated" and not path:
