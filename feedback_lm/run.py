@@ -84,6 +84,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(explained) from None
     metrics["time/fit_seconds"] = time.perf_counter() - start
     metrics["trainer/global_step"] = trainer.global_step
+    metrics.update(getattr(datamodule, "data_report", {}))  # rows used, capped or skipped
     metrics.update({k: v for k, v in _scalars(trainer.callback_metrics).items() if not k.startswith("val/")})
     if cfg.eval_after and has_val:
         metrics.update(_validate(trainer, module, datamodule))

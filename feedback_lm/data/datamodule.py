@@ -9,10 +9,15 @@ data side knows nothing about causal vs encoder-decoder models or tokenizers.
 * ``jsonl``: ``{"prompt", "response"}`` rows (``target`` optional, defaults to the response).
 
 A batch is ``{"prompt": [str], "response": [str], "target": [str]}``.
+
+Rows a datamodule leaves out (a file longer than ``num_train``, a held-out set capped at ``num_val``,
+skipped comparisons) are counted in ``data_report`` (``data/<name>`` keys that ``run.py`` adds to
+``metrics.json``) and said on the console, never dropped in silence.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +31,8 @@ from feedback_lm.data import files, tasks
 from feedback_lm.errors import UserError
 
 SOURCES = ("generated", "bbh", "jsonl")
+
+log = logging.getLogger(__name__)
 
 
 class TextDataset(Dataset):
@@ -97,6 +104,7 @@ class TaskDataModule(L.LightningDataModule):
         self.val_fraction, self.seed, self.split_seed, self.num_workers = val_fraction, seed, split_seed, num_workers
         self.train_rows: list[dict[str, str]] | None = None
         self.val_rows: list[dict[str, str]] | None = None
+        self.data_report: dict[str, int] = {}
 
     # ------------------------------------------------------------------------------------ loading
     def setup(self, stage: str | None = None) -> None:
@@ -108,18 +116,22 @@ class TaskDataModule(L.LightningDataModule):
         elif self.source == "bbh":
             self.train_rows = example_rows(files.load_bbh(self.path, split="train", seed=self.split_seed),
                                            self.template)
-            self.val_rows = example_rows(files.load_bbh(self.path, split="test", seed=self.split_seed),
-                                         self.template)[: self.num_val]
+            self.val_rows = self._cap_val(example_rows(files.load_bbh(self.path, split="test", seed=self.split_seed),
+                                                       self.template))
         else:
-            rows = [_jsonl_row(r) for r in files.load_jsonl(self.path)]
+            rows = [_jsonl_row(r) for r in files.load_jsonl(self.path, optional=("target",))]
             if self.val_path:
-                val = [_jsonl_row(r) for r in files.load_jsonl(self.val_path)]
+                val = [_jsonl_row(r) for r in files.load_jsonl(self.val_path, optional=("target",))]
             else:
                 n_val = max(1, int(len(rows) * self.val_fraction)) if len(rows) > 1 else 0
                 rows, val = rows[n_val:], rows[:n_val]
-            self.train_rows, self.val_rows = rows, val[: self.num_val]
+            self.train_rows, self.val_rows = rows, self._cap_val(val)
         if not self.train_rows:
             raise UserError(f"no training examples from data.source={self.source} (path={self.path})")
+        self.data_report.update({"data/train_rows": len(self.train_rows), "data/val_rows": len(self.val_rows)})
+
+    def _cap_val(self, val: list) -> list:
+        return _capped(val, self.num_val, "data.num_val", "held-out", self.data_report, "data/val_rows_capped")
 
     def train_dataloader(self) -> DataLoader:
         # Full batches only (every DDP rank then sees the same batch shapes), unless the data is smaller
@@ -135,6 +147,26 @@ class TaskDataModule(L.LightningDataModule):
     def describe(self) -> str:
         where = self.task if self.source == "generated" else Path(self.path).name
         return f"{self.source}:{where} ({len(self.train_rows or [])} train / {len(self.val_rows or [])} held out)"
+
+
+def _capped(rows: list, cap: int, option: str, what: str, report: dict[str, int], key: str) -> list:
+    """``rows[:cap]``, counting (and saying) how many rows the cap leaves out."""
+    dropped = max(0, len(rows) - cap)
+    report[key] = dropped
+    if dropped:
+        _say(f"{option}={cap}: using {cap} of {len(rows)} {what} rows ({dropped} left out; raise {option} to use them)")
+    return rows[:cap]
+
+
+def _say(message: str) -> None:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank == 0:
+        log.warning(message)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
 def check_template(template: str) -> None:
@@ -240,6 +272,8 @@ class ComparisonDataModule(L.LightningDataModule):
         num_train, num_val: generated comparisons (caps for files: ``num_train`` <= 0 means all).
         k: responses per generated comparison.
         batch_size: prompts per batch (InstructGPT counts prompts, not pairs).
+        skip_degenerate: skip (and count) file rows that rank identical responses apart instead of
+            refusing the file.
     """
 
     DATA_KIND: ClassVar[str] = "comparisons"
@@ -248,7 +282,7 @@ class ComparisonDataModule(L.LightningDataModule):
                  difficulty: dict[str, Any] | None = None, template: str = "Q: {input}\nA:",
                  path: str | None = None, val_path: str | None = None, num_train: int = 4000,
                  num_val: int = 200, k: int = 4, batch_size: int = 32, eval_batch_size: int = 64,
-                 val_fraction: float = 0.2, seed: int = 0, num_workers: int = 0):
+                 val_fraction: float = 0.2, seed: int = 0, num_workers: int = 0, skip_degenerate: bool = False):
         super().__init__()
         check_args("data", num_val=(num_val, ">= 0"), k=(k, ">= 2"), batch_size=(batch_size, ">= 1"),
                    eval_batch_size=(eval_batch_size, ">= 1"), val_fraction=(val_fraction, "[0, 1)"),
@@ -261,9 +295,10 @@ class ComparisonDataModule(L.LightningDataModule):
         self.source, self.task, self.difficulty, self.template = source, task, dict(difficulty or {}), template
         self.path, self.val_path, self.num_train, self.num_val, self.k = path, val_path, num_train, num_val, k
         self.batch_size, self.eval_batch_size, self.val_fraction = batch_size, eval_batch_size, val_fraction
-        self.seed, self.num_workers = seed, num_workers
+        self.seed, self.num_workers, self.skip_degenerate = seed, num_workers, skip_degenerate
         self.train_rows: list | None = None
         self.val_rows: list | None = None
+        self.data_report: dict[str, int] = {}
         self.demos: list[tuple[str, str]] = []
 
     @property
@@ -283,17 +318,27 @@ class ComparisonDataModule(L.LightningDataModule):
                                                     self.template, self.difficulty) if c.prompt not in seen]
             self.demos = [(c.prompt, " " + c.meta["target"]) for c in train]
         else:
-            load = comparisons.load_comparisons if self.source == "jsonl" else comparisons.load_hh_rlhf
+            skipped: dict[str, int] = {}
+            if self.source == "jsonl":
+                def load(path):
+                    return comparisons.load_comparisons(path, self.skip_degenerate, skipped)
+            else:
+                def load(path):
+                    return comparisons.load_hh_rlhf(path, skipped=skipped)
             rows = load(self.path)
             if self.val_path:
                 train, val = rows, load(self.val_path)
             else:
                 train, val = comparisons.split_comparisons(rows, self.val_fraction, self.seed)
+            self.data_report.update({f"data/skipped_{_slug(why)}": n for why, n in skipped.items()})
             if self.num_train > 0:
-                train = train[: self.num_train]
-        self.train_rows, self.val_rows = train, val[: self.num_val]
+                train = _capped(train, self.num_train, "data.num_train", "training", self.data_report,
+                                "data/train_rows_capped")
+        self.train_rows = train
+        self.val_rows = _capped(val, self.num_val, "data.num_val", "held-out", self.data_report, "data/val_rows_capped")
         if not self.train_rows:
             raise UserError(f"no training comparisons from data.source={self.source} (path={self.path})")
+        self.data_report.update({"data/train_rows": len(self.train_rows), "data/val_rows": len(self.val_rows)})
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(TextDataset(self.train_rows), batch_size=self.batch_size, shuffle=True,
