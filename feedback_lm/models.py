@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from feedback_lm.errors import UserError
@@ -228,6 +229,9 @@ def load_model(cfg: ModelConfig, tokenizer) -> nn.Module:
         dtype = getattr(torch, cfg.dtype)
         try:
             model = cls.from_pretrained(cfg.name_or_path, config=hf_config, dtype=dtype)
+        except SafetensorError as e:  # a truncated or corrupt weights file
+            raise UserError(f"the weights in {cfg.name_or_path} (model.name_or_path) are corrupt: {e}. Save the "
+                            f"model again (or download it again) into that directory") from None
         except (OSError, ValueError) as e:
             raise UserError(_not_found_message(cfg.name_or_path, "model", e)) from None
     if model.config.pad_token_id is None:

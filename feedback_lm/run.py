@@ -25,7 +25,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from feedback_lm.checkpoint import AtomicCheckpointIO, explain_load_error, write_json_atomic
+from feedback_lm.checkpoint import (AtomicCheckpointIO, ResumeState, explain_load_error, load_checkpoint,
+                                    next_log_step, remove_stale_tmp, restore_csv_history, write_json_atomic)
 from feedback_lm.checks import check_config, check_data_kind, check_dir_creatable, check_experiment
 from feedback_lm.errors import UserError
 
@@ -60,15 +61,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
+    for stale in remove_stale_tmp(run_dir / "checkpoints"):
+        print(f"removed {stale}, left by a checkpoint save that was killed")
+    resume_step = None
+    if cfg.ckpt_path:
+        if not Path(cfg.ckpt_path).is_file():
+            raise UserError(f"ckpt_path={cfg.ckpt_path} does not exist; checkpoints of a run are in "
+                            f"<run dir>/checkpoints/ (last.ckpt is the newest)")
+        resume_step = next_log_step(load_checkpoint(cfg.ckpt_path, "ckpt_path", mmap=True))
+
     datamodule = _instantiate(cfg.data, "data")
     module = _instantiate(cfg.algo, "algo")
     loggers = [_instantiate(c, f"logger.{name}") for name, c in (cfg.logger or {}).items()]
     trainer = _instantiate(cfg.trainer, "trainer", logger=loggers or False,
                            callbacks=_callbacks(cfg, run_dir), plugins=[AtomicCheckpointIO()],
                            default_root_dir=str(run_dir))
-    if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
-        raise UserError(f"ckpt_path={cfg.ckpt_path} does not exist; checkpoints of a run are in "
-                        f"<run dir>/checkpoints/ (last.ckpt is the newest)")
+    if resume_step is not None and trainer.is_global_zero:
+        restore_csv_history(trainer.loggers, resume_step)  # resuming in the same run_dir keeps the history
 
     metrics: dict[str, Any] = {}
     has_val = _has_validation(module)
@@ -138,6 +147,8 @@ def _callbacks(cfg: DictConfig, run_dir: Path) -> list:
                         every_n_train_steps=cfg.checkpoint_every_n_steps or None, save_on_train_epoch_end=True),
         # Ctrl-C or a crash mid-run still leaves a checkpoint behind
         OnExceptionCheckpoint(dirpath=str(ckpt_dir), filename="on_exception"),
+        # what Lightning does not checkpoint: the metrics.csv step to resume at, the random states
+        ResumeState(),
     ]
 
 

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from feedback_lm.checks import check_args
 from feedback_lm.data import files, tasks
@@ -48,6 +49,66 @@ class TextDataset(Dataset):
         return self.rows[i]
 
 
+class ResumableSampler(Sampler[int]):
+    """A seeded shuffle that a checkpoint can resume mid-epoch.
+
+    Epoch ``e`` visits ``randperm(n)`` drawn from its own generator seeded with ``seed + e``, so the order
+    does not depend on the global random state; ``start`` skips the first indices of the epoch in
+    progress (the samples a resumed run has already trained on).
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int = 0, start: int = 0):
+        self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        start, self.start = self.start, 0
+        self.epoch += 1
+        yield from order[start:]
+
+
+class ResumableData:
+    """Mixin for the datamodules: a training loader whose position in the epoch is checkpointed.
+
+    Lightning saves :meth:`state_dict` in each checkpoint and calls :meth:`load_state_dict` before it
+    builds the loaders of a resumed run, which then continues the interrupted epoch where it stopped
+    instead of starting it over (one process; under multi-process DDP the resumed epoch starts over).
+    """
+
+    _sampler: ResumableSampler | None = None
+    _resume: dict[str, int] | None = None
+    _batches_seen: tuple[int, int] = (0, 0)  # (epoch, batches of it handed to the model)
+
+    def _train_loader(self, rows: list, collate) -> DataLoader:
+        state = self._resume or {}
+        skip = state.get("batches", 0) * self.batch_size
+        if self.trainer is not None and self.trainer.world_size > 1:
+            skip = 0
+        self._sampler = ResumableSampler(len(rows), self.seed, epoch=state.get("epoch", 0), start=skip)
+        self._batches_seen = (state.get("epoch", 0), state.get("batches", 0))
+        # Full batches only (every DDP rank then sees the same batch shapes), unless the data is smaller
+        # than one batch.
+        return DataLoader(TextDataset(rows), batch_size=self.batch_size, sampler=self._sampler, collate_fn=collate,
+                          num_workers=self.num_workers, drop_last=len(rows) >= self.batch_size)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.trainer is not None and self.trainer.training and self._sampler is not None:
+            epoch, seen = self._batches_seen
+            current = self._sampler.epoch - 1  # the epoch the sampler is serving
+            self._batches_seen = (current, seen + 1 if current == epoch else 1)
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, seen = self._batches_seen
+        return {"epoch": epoch, "batches": seen}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._resume = dict(state_dict)
+
+
 def collate_text(rows: list[dict[str, str]]) -> dict[str, list[str]]:
     """Rows -> a dict of lists (one list per field)."""
     return {key: [r[key] for r in rows] for key in rows[0]}
@@ -59,7 +120,7 @@ def example_rows(examples: Sequence[tasks.Example], template: str) -> list[dict[
             for e in examples]
 
 
-class TaskDataModule(L.LightningDataModule):
+class TaskDataModule(ResumableData, L.LightningDataModule):
     """Prompt/response/target text for SFT (demonstrations) and online algorithms (prompts + targets).
 
     Args:
@@ -134,11 +195,7 @@ class TaskDataModule(L.LightningDataModule):
         return _capped(val, self.num_val, "data.num_val", "held-out", self.data_report, "data/val_rows_capped")
 
     def train_dataloader(self) -> DataLoader:
-        # Full batches only (every DDP rank then sees the same batch shapes), unless the data is smaller
-        # than one batch.
-        return DataLoader(TextDataset(self.train_rows), batch_size=self.batch_size, shuffle=True,
-                          collate_fn=collate_text, num_workers=self.num_workers,
-                          drop_last=len(self.train_rows) >= self.batch_size)
+        return self._train_loader(self.train_rows, collate_text)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(TextDataset(self.val_rows), batch_size=self.eval_batch_size, shuffle=False,
@@ -259,7 +316,7 @@ def generated_comparisons(task: str, n: int, k: int, seed: int, template: str,
     return out
 
 
-class ComparisonDataModule(L.LightningDataModule):
+class ComparisonDataModule(ResumableData, L.LightningDataModule):
     """Comparisons for reward models: each batch is a list of :class:`Comparison` (one prompt with all
     its K responses and their ranking).
 
@@ -341,9 +398,7 @@ class ComparisonDataModule(L.LightningDataModule):
         self.data_report.update({"data/train_rows": len(self.train_rows), "data/val_rows": len(self.val_rows)})
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(TextDataset(self.train_rows), batch_size=self.batch_size, shuffle=True,
-                          collate_fn=list, num_workers=self.num_workers,
-                          drop_last=len(self.train_rows) >= self.batch_size)
+        return self._train_loader(self.train_rows, list)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(TextDataset(self.val_rows), batch_size=self.eval_batch_size, shuffle=False,
