@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sys.exit(2)
     print(f"wrote {summary['rows_written']} comparison rows to {summary['out']}")
     print(f"  prompts: {summary['num_prompts']}, skipped (all {args.k} samples tied): "
-          f"{summary['skipped_all_tied']}, noisy labels: {summary['noisy_labels']}")
+          f"{summary['skipped_all_tied']}, skipped (identical responses ranked apart): "
+          f"{summary['skipped_degenerate']}, noisy labels: {summary['noisy_labels']}")
     print(f"  mean score: {summary['mean_score']:.3f}, prompts with >= 1 correct sample: "
           f"{summary['frac_any_correct']:.1%}")
     if summary["rows_written"] == 0:
