@@ -17,6 +17,7 @@ open (``???``) and the model settings; :func:`check_data_kind` the data shape an
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import operator
@@ -119,16 +120,14 @@ def _type_hints(fn, params) -> dict[str, Any]:
     """Annotations of ``fn`` as types; one that cannot be resolved (a name imported only for type
     checkers) counts as ``Any``."""
     fn = inspect.unwrap(fn)
-    try:
+    with contextlib.suppress(Exception):  # a name that does not resolve: one annotation at a time below
         return typing.get_type_hints(fn)
-    except Exception:  # noqa: BLE001 - fall back to one annotation at a time
-        pass
     hints = {}
     for name, p in params.items():
         ann = p.annotation
         if isinstance(ann, str):
             try:
-                ann = eval(ann, getattr(fn, "__globals__", {}))  # noqa: S307 - the module's own annotation
+                ann = eval(ann, getattr(fn, "__globals__", {}))  # the module's own annotation text
             except Exception:  # noqa: BLE001
                 ann = Any
         hints[name] = Any if ann is inspect.Parameter.empty else ann

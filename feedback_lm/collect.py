@@ -123,7 +123,11 @@ def collect(
         responses ranked apart, e.g. a best-of-K winner sampled twice), ``noisy_labels``,
         ``mean_score`` (over all samples), ``frac_any_correct`` (prompts with >= 1 correct sample), ``out``.
     """
-    from feedback_lm.data.comparisons import Comparison, degenerate, write_comparisons  # written alongside; lazy
+    from feedback_lm.data.comparisons import (  # written alongside; lazy
+        Comparison,
+        degenerate,
+        write_comparisons,
+    )
     from feedback_lm.data.files import check_output_file
 
     check_output_file(out, "--out")  # before any sampling: a bad path must not cost the samples

@@ -25,8 +25,16 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from feedback_lm.checkpoint import (AtomicCheckpointIO, ResumeState, explain_load_error, load_checkpoint,
-                                    next_log_step, remove_stale_tmp, restore_csv_history, write_json_atomic)
+from feedback_lm.checkpoint import (
+    AtomicCheckpointIO,
+    ResumeState,
+    explain_load_error,
+    load_checkpoint,
+    next_log_step,
+    remove_stale_tmp,
+    restore_csv_history,
+    write_json_atomic,
+)
 from feedback_lm.checks import check_config, check_data_kind, check_dir_creatable, check_experiment
 from feedback_lm.errors import UserError
 
@@ -166,9 +174,7 @@ def _validate(trainer, module, datamodule) -> dict[str, float]:
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     out = {}
     for k, v in metrics.items():
-        if isinstance(v, torch.Tensor) and v.numel() == 1:
-            out[k] = float(v)
-        elif isinstance(v, int | float):
+        if isinstance(v, torch.Tensor) and v.numel() == 1 or isinstance(v, int | float):
             out[k] = float(v)
     return out
 

@@ -23,7 +23,7 @@ import numpy as np
 from feedback_lm.data.tasks import Example
 from feedback_lm.errors import UserError
 
-__all__ = ["bbh_split_indices", "load_bbh", "load_jsonl", "check_output_file", "load_text", "read_text_lines", "write_jsonl"]
+__all__ = ["bbh_split_indices", "check_output_file", "load_bbh", "load_jsonl", "load_text", "read_text_lines", "write_jsonl"]
 
 _BBH_SHAPE = '{"examples": [{"input": "...", "target": "..."}, ...]}'
 

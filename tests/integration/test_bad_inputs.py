@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-import feedback_lm.run  # noqa: F401 - imported before any test captures output: the loggers' handlers then
-# write to the session's streams, not to a test's closed capture (which prints "--- Logging error ---")
+# Imported before any test captures output: the loggers' handlers then write to the session's streams,
+# not to a test's closed capture (which prints "--- Logging error ---").
+import feedback_lm.run  # noqa: F401
 from tests.conftest import REPO
 
 # Small, and nothing slow if a row were wrongly accepted.
@@ -247,7 +248,7 @@ def test_bad_input_through_the_command_line(overrides, needles, bad, tmp_path):
     if not any(a.startswith("hydra.run.dir=") for a in args):
         args.append(f"hydra.run.dir={tmp_path / 'run'}")
     proc = subprocess.run([sys.executable, str(REPO / "train.py"), *QUICK, *args], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin",
+                          check=False, text=True, timeout=300, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin",
                                                        "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)})
     assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stderr[-3000:]}"
     assert "Traceback" not in proc.stderr
