@@ -5,6 +5,7 @@ step for step, and its ``metrics.csv`` keeps the rows logged before the checkpoi
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -62,6 +63,8 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
     assert [s for s, _ in resumed] == list(range(10)), "every step once: none lost, none duplicated"
     assert resumed == pytest.approx(reference, abs=1e-5), "the resumed run continues the same data order"
     assert not list(ckpt.parent.glob(".*.tmp")), "the killed save's temporary file is removed"
+    metrics = json.loads((parts / "metrics.json").read_text())
+    assert (metrics["data/train_rows"], metrics["data/val_rows"]) == (64, 8), "rows used are reported"
 
 
 def _rows_so_far(run: Path) -> list[tuple[int, float]]:
