@@ -21,6 +21,8 @@ sampling settings, seed, task, difficulty and template.
 
 Rows whose K responses all score the same give no comparison pair (ties are dropped, InstructGPT
 C.2); they are skipped and counted in the summary. An untrained model often produces such rows only.
+Rows that rank two identical responses apart (a best-of-K winner sampled twice) are skipped and counted
+too: the reward model's loader refuses them.
 """
 
 from __future__ import annotations
@@ -117,11 +119,18 @@ def collect(
         progress: show a progress bar over prompt batches.
 
     Returns:
-        Summary: ``num_prompts``, ``rows_written``, ``skipped_all_tied``, ``noisy_labels``,
+        Summary: ``num_prompts``, ``rows_written``, ``skipped_all_tied``, ``skipped_degenerate`` (identical
+        responses ranked apart, e.g. a best-of-K winner sampled twice), ``noisy_labels``,
         ``mean_score`` (over all samples), ``frac_any_correct`` (prompts with >= 1 correct sample), ``out``.
     """
-    from feedback_lm.data.comparisons import Comparison, write_comparisons  # written alongside; lazy
+    from feedback_lm.data.comparisons import (  # written alongside; lazy
+        Comparison,
+        degenerate,
+        write_comparisons,
+    )
+    from feedback_lm.data.files import check_output_file
 
+    check_output_file(out, "--out")  # before any sampling: a bad path must not cost the samples
     difficulty = dict(difficulty or {})
     _check(_is_int(num_prompts) and num_prompts >= 1, f"--num-prompts must be an integer >= 1, got {num_prompts!r}")
     _check(_is_int(k) and k >= 2, f"--k must be an integer >= 2 (a comparison needs two responses), got {k!r}")
@@ -157,7 +166,7 @@ def collect(
               "difficulty": difficulty, "template": template}
 
     torch.manual_seed(seed)
-    comps, skipped, noisy, all_scores, any_correct = [], 0, 0, [], 0
+    comps, skipped, skipped_degenerate, noisy, all_scores, any_correct = [], 0, 0, 0, [], 0
     starts = range(0, num_prompts, batch_size)
     with _progress_bar(progress, len(starts)) as advance:
         for start in starts:
@@ -181,8 +190,11 @@ def collect(
                     skipped += 1
                     continue
                 meta = {**label.meta, "target": target, "index": i, **common}
-                comps.append(Comparison(prompt=prompt, responses=responses, tiers=label.tiers,
-                                        best=label.best, meta=meta))
+                comp = Comparison(prompt=prompt, responses=responses, tiers=label.tiers, best=label.best, meta=meta)
+                if degenerate(comp):  # a best-of-K winner sampled twice: the copy would be "worse" than itself
+                    skipped_degenerate += 1
+                    continue
+                comps.append(comp)
             advance()
 
     write_comparisons(out, comps)
@@ -190,6 +202,7 @@ def collect(
         "num_prompts": num_prompts,
         "rows_written": len(comps),
         "skipped_all_tied": skipped,
+        "skipped_degenerate": skipped_degenerate,
         "noisy_labels": noisy,
         "mean_score": sum(all_scores) / len(all_scores),
         "frac_any_correct": any_correct / num_prompts,
@@ -277,7 +290,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sys.exit(2)
     print(f"wrote {summary['rows_written']} comparison rows to {summary['out']}")
     print(f"  prompts: {summary['num_prompts']}, skipped (all {args.k} samples tied): "
-          f"{summary['skipped_all_tied']}, noisy labels: {summary['noisy_labels']}")
+          f"{summary['skipped_all_tied']}, skipped (identical responses ranked apart): "
+          f"{summary['skipped_degenerate']}, noisy labels: {summary['noisy_labels']}")
     print(f"  mean score: {summary['mean_score']:.3f}, prompts with >= 1 correct sample: "
           f"{summary['frac_any_correct']:.1%}")
     if summary["rows_written"] == 0:

@@ -20,11 +20,13 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from feedback_lm.errors import UserError
@@ -58,6 +60,11 @@ BYTE_VOCAB_SIZE = 384
 
 # Default LoRA targets per architecture (the attention projections, as in the LoRA paper §4.2).
 LORA_TARGETS = {"t5": ["q", "v"], "mt5": ["q", "v"], "gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}
+
+# Parameter dtypes a model can be loaded in (model.dtype).
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+# Architecture fields that are sizes or counts (model.overrides.d_model, n_layer, num_heads, vocab_size, ...).
+_SIZE_KEY = re.compile(r"^(d_|n_|num_)|(_size|_positions|_layers|_heads)$")
 
 _DROPOUT_KEYS = ("dropout_rate", "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout", "attention_dropout",
                  "hidden_dropout", "classifier_dropout", "summary_first_dropout")
@@ -128,7 +135,20 @@ class ModelConfig:
             raise UserError("model: set either model.preset (tiny-t5, tiny-gpt2) or model.name_or_path")
         if cfg.preset is not None and cfg.preset not in TINY_PRESETS:
             raise UserError(f"unknown model preset '{cfg.preset}'; known presets: {sorted(TINY_PRESETS)}")
+        cfg._check_values()
         return cfg
+
+    def _check_values(self) -> None:
+        """Values that would otherwise fail deep inside torch or transformers."""
+        from feedback_lm.checks import check_args
+
+        if self.dtype not in DTYPES:
+            raise UserError(f"model.dtype={self.dtype!r} is not a dtype; choose one of {list(DTYPES)}")
+        check_args("model", max_length=(self.max_length, ">= 1"), dropout=(self.dropout, "[0, 1)"))
+        check_args("model.lora", r=(self.lora.r, ">= 0"), dropout=(self.lora.dropout, "[0, 1)"))
+        for key, value in self.overrides.items():
+            if _SIZE_KEY.search(key) and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise UserError(f"model.overrides.{key}={value!r} is out of range: a size must be an integer >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -209,6 +229,9 @@ def load_model(cfg: ModelConfig, tokenizer) -> nn.Module:
         dtype = getattr(torch, cfg.dtype)
         try:
             model = cls.from_pretrained(cfg.name_or_path, config=hf_config, dtype=dtype)
+        except SafetensorError as e:  # a truncated or corrupt weights file
+            raise UserError(f"the weights in {cfg.name_or_path} (model.name_or_path) are corrupt: {e}. Save the "
+                            f"model again (or download it again) into that directory") from None
         except (OSError, ValueError) as e:
             raise UserError(_not_found_message(cfg.name_or_path, "model", e)) from None
     if model.config.pad_token_id is None:
@@ -237,7 +260,13 @@ def apply_lora(model: nn.Module, lora: LoraConfig) -> nn.Module:
     task = TaskType.SEQ_2_SEQ_LM if model.config.is_encoder_decoder else TaskType.CAUSAL_LM
     peft_cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                               target_modules=list(targets), task_type=task)
-    return get_peft_model(model, peft_cfg)
+    try:
+        return get_peft_model(model, peft_cfg)
+    except ValueError as e:
+        names = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                        if name and not any(m.children()) and getattr(m, "weight", None) is not None})
+        raise UserError(f"model.lora.target_modules={list(targets)} match no layer of this {model_type} model "
+                        f"({str(e).splitlines()[0][:120]}); its layers are named {names}") from None
 
 
 def architecture_signature(model: nn.Module) -> str:

@@ -2,7 +2,8 @@
 
 ``train.py`` hands the composed Hydra config to :func:`main`, which
 
-1. checks what cannot work (a multirun sweep with self-launched multi-process DDP),
+1. checks what cannot work before anything is built: the config's settings, types and ranges, the data
+   shape the algorithm needs, a multirun sweep with self-launched multi-process DDP,
 2. instantiates the datamodule, the algorithm plugin, the loggers and the Lightning Trainer,
 3. evaluates before training, trains (resuming from ``ckpt_path=`` when given), evaluates after,
 4. writes ``metrics.json`` (flat final metrics), plots of the logged curves and the trained model in
@@ -24,13 +25,24 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from feedback_lm.checkpoint import AtomicCheckpointIO, explain_load_error, write_json_atomic
+from feedback_lm.checkpoint import (
+    AtomicCheckpointIO,
+    ResumeState,
+    explain_load_error,
+    load_checkpoint,
+    next_log_step,
+    remove_stale_tmp,
+    restore_csv_history,
+    write_json_atomic,
+)
+from feedback_lm.checks import check_config, check_data_kind, check_dir_creatable, check_experiment
 from feedback_lm.errors import UserError
 
 
 def main(cfg: DictConfig) -> dict[str, Any] | None:
     """Hydra task function: run, turning user errors into one clear line and exit status 2."""
     try:
+        check_experiment()
         if cfg.get("pipeline"):  # experiment=instructgpt_tiny and friends: a chain of runs
             from feedback_lm.pipeline import run_pipeline
 
@@ -47,12 +59,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     refuse_multirun_with_spawned_ddp(cfg)
     OmegaConf.resolve(cfg)  # resolve once, in this process (DESIGN §5.5)
+    check_config(cfg)
+    check_data_kind(cfg.algo._target_, cfg.data._target_)
     run_dir = Path(cfg.run_dir)
+    check_dir_creatable(run_dir, "run_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+    for stale in remove_stale_tmp(run_dir / "checkpoints"):
+        print(f"removed {stale}, left by a checkpoint save that was killed")
+    resume_step = None
+    if cfg.ckpt_path:
+        if not Path(cfg.ckpt_path).is_file():
+            raise UserError(f"ckpt_path={cfg.ckpt_path} does not exist; checkpoints of a run are in "
+                            f"<run dir>/checkpoints/ (last.ckpt is the newest)")
+        resume_step = next_log_step(load_checkpoint(cfg.ckpt_path, "ckpt_path", mmap=True))
 
     datamodule = _instantiate(cfg.data, "data")
     module = _instantiate(cfg.algo, "algo")
@@ -60,9 +84,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trainer = _instantiate(cfg.trainer, "trainer", logger=loggers or False,
                            callbacks=_callbacks(cfg, run_dir), plugins=[AtomicCheckpointIO()],
                            default_root_dir=str(run_dir))
-    if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
-        raise UserError(f"ckpt_path={cfg.ckpt_path} does not exist; checkpoints of a run are in "
-                        f"<run dir>/checkpoints/ (last.ckpt is the newest)")
+    if resume_step is not None and trainer.is_global_zero:
+        restore_csv_history(trainer.loggers, resume_step)  # resuming in the same run_dir keeps the history
 
     metrics: dict[str, Any] = {}
     has_val = _has_validation(module)
@@ -78,6 +101,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(explained) from None
     metrics["time/fit_seconds"] = time.perf_counter() - start
     metrics["trainer/global_step"] = trainer.global_step
+    metrics.update(getattr(datamodule, "data_report", {}))  # rows used, capped or skipped
     metrics.update({k: v for k, v in _scalars(trainer.callback_metrics).items() if not k.startswith("val/")})
     if cfg.eval_after and has_val:
         metrics.update(_validate(trainer, module, datamodule))
@@ -131,6 +155,8 @@ def _callbacks(cfg: DictConfig, run_dir: Path) -> list:
                         every_n_train_steps=cfg.checkpoint_every_n_steps or None, save_on_train_epoch_end=True),
         # Ctrl-C or a crash mid-run still leaves a checkpoint behind
         OnExceptionCheckpoint(dirpath=str(ckpt_dir), filename="on_exception"),
+        # what Lightning does not checkpoint: the metrics.csv step to resume at, the random states
+        ResumeState(),
     ]
 
 
@@ -148,9 +174,7 @@ def _validate(trainer, module, datamodule) -> dict[str, float]:
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     out = {}
     for k, v in metrics.items():
-        if isinstance(v, torch.Tensor) and v.numel() == 1:
-            out[k] = float(v)
-        elif isinstance(v, int | float):
+        if isinstance(v, torch.Tensor) and v.numel() == 1 or isinstance(v, int | float):
             out[k] = float(v)
     return out
 

@@ -40,13 +40,14 @@ from __future__ import annotations
 import functools
 import random
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 
 from feedback_lm import ops
+from feedback_lm.checks import check_args
 from feedback_lm.data.datamodule import corrupt_answer
 from feedback_lm.data.tasks import Example, is_correct, normalize_output, normalize_target
 from feedback_lm.display import log_samples, print_samples
@@ -316,6 +317,8 @@ class HIR(L.LightningModule):
         seed: seed of the split / shuffle / sub-output generator.
     """
 
+    DATA_KIND: ClassVar[str] = "tasks"
+
     def __init__(self, policy: ModelConfig | Mapping[str, Any], lr: float = 5e-4, weight_decay: float = 0.0,
                  iterations: int = 31, epochs_per_iteration: int = 10, batch_size: int = 64,
                  micro_batch_size: int | None = None, num_samples: int = 1, temperature: float = 1.0,
@@ -329,6 +332,17 @@ class HIR(L.LightningModule):
                  warm_start_lr: float | None = None, max_grad_norm: float | None = None,
                  num_samples_shown: int = 5, seed: int = 1):
         super().__init__()
+        check_args("algo", lr=(lr, "> 0"), weight_decay=(weight_decay, ">= 0"), iterations=(iterations, ">= 1"),
+                   epochs_per_iteration=(epochs_per_iteration, ">= 0"), batch_size=(batch_size, ">= 1"),
+                   micro_batch_size=(micro_batch_size, ">= 1"), num_samples=(num_samples, ">= 1"),
+                   temperature=(temperature, "> 0"), max_new_tokens=(max_new_tokens, ">= 1"),
+                   sample_batch_size=(sample_batch_size, ">= 1"), pool_size=(pool_size, ">= 1"),
+                   eval_size=(eval_size, ">= 1"), buffer_capacity=(buffer_capacity, ">= 1"), cap_factor=(cap_factor, ">= 1"),
+                   val_fraction=(val_fraction, "[0, 1)"), label_smoothing=(label_smoothing, "[0, 1)"),
+                   contrastive_eps=(contrastive_eps, "[0, 1)"), contrastive_coef=(contrastive_coef, ">= 0"),
+                   entropy_coef=(entropy_coef, ">= 0"), warm_start_steps=(warm_start_steps, ">= 0"),
+                   warm_start_lr=(warm_start_lr, "> 0"), max_grad_norm=(max_grad_norm, "> 0"),
+                   num_samples_shown=(num_samples_shown, ">= 0"))
         if contrastive not in CONTRASTIVE_MODES:
             raise UserError(f"unknown algo.contrastive '{contrastive}'; choose one of {list(CONTRASTIVE_MODES)}")
         for name, text in (("instr_original", instr_original), ("instr_correct", instr_correct),

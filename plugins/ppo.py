@@ -32,6 +32,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from feedback_lm import ops
+from feedback_lm.data.files import load_text
 from feedback_lm.display import log_samples, print_samples
 from feedback_lm.errors import UserError
 from feedback_lm.evaluation import exact_match
@@ -178,7 +179,7 @@ class PtxStream:
         if not p.is_file():
             raise UserError(f"algo.ptx_data={path}: no such file. Give a plain-text file, or 'demos' to use the "
                             f"task's demonstrations")
-        text = p.read_text(encoding="utf-8", errors="replace")
+        text = load_text(p, "algo.ptx_data")  # a binary or non-UTF-8 file is refused, naming the line
         chunks = [text[i: i + chunk_chars] for i in range(0, len(text), chunk_chars)]
         return cls([("", c) for c in chunks if c.strip()], seed)
 

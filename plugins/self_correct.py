@@ -37,17 +37,18 @@ import json
 import random
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
 
 from feedback_lm import ops
+from feedback_lm.checks import check_args
 from feedback_lm.checkpoint import load_state_dict_safely
 from feedback_lm.display import print_samples
 from feedback_lm.errors import UserError
 from feedback_lm.models import ModelConfig
-from feedback_lm.optim import build_adamw, build_scheduler
+from feedback_lm.optim import SCHEDULES, build_adamw, build_scheduler
 from feedback_lm.policy import Policy, pad_sequences
 from feedback_lm.rollout import Rollout, RolloutBuffer
 from feedback_lm.values import ValueFn, build_value_fn, judge
@@ -325,6 +326,8 @@ class SelfCorrect(L.LightningModule):
         num_samples_shown: validation samples printed.
     """
 
+    DATA_KIND: ClassVar[str] = "tasks"
+
     def __init__(self, policy: ModelConfig | Mapping[str, Any], generator: ModelConfig | Mapping[str, Any] | None = None,
                  generator_path: str | None = None, generator_sft_steps: int = 0, generator_sft_lr: float = 1e-3,
                  generator_sft_batch_size: int = 32, corrector_init: str = "generator",
@@ -339,6 +342,16 @@ class SelfCorrect(L.LightningModule):
                  max_new_tokens: int = 32, num_corrections: int = 3, eval_generator_path: str | None = None,
                  eval_generator_sft_steps: int = 0, max_iterations: int | None = None, num_samples_shown: int = 5):
         super().__init__()
+        check_args("algo", generator_sft_steps=(generator_sft_steps, ">= 0"), generator_sft_lr=(generator_sft_lr, "> 0"),
+                   generator_sft_batch_size=(generator_sft_batch_size, ">= 1"), num_samples=(num_samples, ">= 1"),
+                   sample_temperature=(sample_temperature, "> 0"), alpha=(alpha, ">= 0"), beta=(beta, ">= 0"),
+                   batch_size=(batch_size, ">= 1"), updates_per_step=(updates_per_step, ">= 1"),
+                   pool_capacity=(pool_capacity, ">= 1"), lr=(lr, "> 0"), weight_decay=(weight_decay, ">= 0"),
+                   warmup_steps=(warmup_steps, ">= 0"), schedule=(schedule, SCHEDULES),
+                   min_lr_ratio=(min_lr_ratio, "[0, 1]"), max_grad_norm=(max_grad_norm, "> 0"),
+                   max_new_tokens=(max_new_tokens, ">= 1"), num_corrections=(num_corrections, ">= 1"),
+                   eval_generator_sft_steps=(eval_generator_sft_steps, ">= 0"),
+                   max_iterations=(max_iterations, ">= 1"), num_samples_shown=(num_samples_shown, ">= 0"))
         if corrector_init not in CORRECTOR_INITS:
             raise UserError(f"unknown algo.corrector_init '{corrector_init}'; choose one of {list(CORRECTOR_INITS)}")
         for name, x in (("num_samples", num_samples), ("batch_size", batch_size),

@@ -12,16 +12,17 @@ Logs: ``train/loss``, ``train/tokens`` (target tokens per step), ``val/loss``, `
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
 
 from feedback_lm import ops
+from feedback_lm.checks import check_args
 from feedback_lm.display import log_samples, print_samples
 from feedback_lm.evaluation import greedy_eval
 from feedback_lm.models import ModelConfig
-from feedback_lm.optim import build_adamw, build_scheduler
+from feedback_lm.optim import SCHEDULES, build_adamw, build_scheduler
 from feedback_lm.policy import Policy
 
 NORMALIZATIONS = ("token_mean", "sequence_mean", "sum")
@@ -67,11 +68,17 @@ class SFT(L.LightningModule):
         num_samples_shown: held-out samples printed after each validation.
     """
 
+    DATA_KIND: ClassVar[str] = "tasks"
+
     def __init__(self, policy: ModelConfig | Mapping[str, Any], lr: float = 1e-5, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), schedule: str = "cosine", warmup_steps: int = 0,
                  min_lr_ratio: float = 0.1, normalize: str = "token_mean", max_new_tokens: int = 64,
                  num_samples_shown: int = 5):
         super().__init__()
+        check_args("algo", lr=(lr, "> 0"), weight_decay=(weight_decay, ">= 0"), schedule=(schedule, SCHEDULES),
+                   warmup_steps=(warmup_steps, ">= 0"), min_lr_ratio=(min_lr_ratio, "[0, 1]"),
+                   normalize=(normalize, NORMALIZATIONS), max_new_tokens=(max_new_tokens, ">= 1"),
+                   num_samples_shown=(num_samples_shown, ">= 0"))
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"unknown normalize '{normalize}'; choose one of {NORMALIZATIONS}")
         self.model_config = ModelConfig.coerce(policy)

@@ -22,7 +22,6 @@ split in which no prompt lands on both sides (a shared prompt would leak the val
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
@@ -31,11 +30,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from feedback_lm.data.files import write_jsonl
+from feedback_lm.data.files import read_text_lines, write_jsonl
 from feedback_lm.errors import UserError
 
 __all__ = [
     "Comparison",
+    "degenerate",
     "load_comparisons",
     "load_hh_rlhf",
     "parse_comparison",
@@ -159,17 +159,49 @@ def parse_comparison(row: dict, where: str) -> Comparison:
     return Comparison(prompt=row["prompt"], responses=list(responses), tiers=tiers, best=best, meta=meta)
 
 
-def load_comparisons(path: str | os.PathLike) -> list[Comparison]:
+def load_comparisons(path: str | os.PathLike, skip_degenerate: bool = False,
+                     skipped: dict[str, int] | None = None) -> list[Comparison]:
     """Read a JSONL (or ``.jsonl.gz``) file of comparison rows; blank lines are skipped.
 
+    A degenerate row (the same text ranked above itself: ``chosen == rejected``, or two identical
+    responses in different tiers) teaches the reward model nothing but noise, so it is refused, or
+    skipped and counted in ``skipped["degenerate"]`` when ``skip_degenerate`` is set.
+
     Raises:
-        UserError: the file is missing or empty, or a line is not valid JSON or not an accepted row;
-            the message names ``path:LINE``.
+        UserError: the file is missing, empty or not UTF-8 text, a line is not valid JSON or not an
+            accepted row, or a row is degenerate; the message names ``path:LINE``.
     """
-    comparisons = [parse_comparison(row, where) for where, _, row in _read_jsonl(path, what="comparison")]
+    comparisons, n_degenerate = [], 0
+    for where, _, row in _read_jsonl(path, what="comparison"):
+        c = parse_comparison(row, where)
+        problem = degenerate(c)
+        if problem is None:
+            comparisons.append(c)
+        elif skip_degenerate:
+            n_degenerate += 1
+        else:
+            raise UserError(f"{where}: {problem}, so the row teaches nothing. Fix or remove it, or skip such rows "
+                            f"with data.skip_degenerate=true")
+    if n_degenerate:
+        log.warning("%s: skipped %d degenerate comparison rows", path, n_degenerate)
+        if skipped is not None:
+            skipped["degenerate"] = skipped.get("degenerate", 0) + n_degenerate
     if not comparisons:
         raise UserError(f"{path} has no rows; each line must be one of: {ACCEPTED_SHAPES}")
     return comparisons
+
+
+def degenerate(c: Comparison) -> str | None:
+    """Why ``c`` ranks a text against itself (identical responses in different tiers), or None."""
+    tier_of = {i: t for t, tier in enumerate(c.tiers) for i in tier}
+    first: dict[str, int] = {}
+    for i, r in enumerate(c.responses):
+        j = first.setdefault(r, i)
+        if j != i and tier_of[j] != tier_of[i]:
+            if c.best is not None and len(c.responses) == 2:
+                return "chosen and rejected are the same text"
+            return f"responses {j} and {i} are the same text but ranked apart"
+    return None
 
 
 def write_comparisons(path: str | os.PathLike, comparisons: Iterable[Comparison]) -> None:
@@ -177,7 +209,8 @@ def write_comparisons(path: str | os.PathLike, comparisons: Iterable[Comparison]
     write_jsonl(path, (c.to_row() for c in comparisons))
 
 
-def load_hh_rlhf(path: str | os.PathLike, limit: int | None = None) -> list[Comparison]:
+def load_hh_rlhf(path: str | os.PathLike, limit: int | None = None,
+                 skipped: dict[str, int] | None = None) -> list[Comparison]:
     """Read Anthropic HH-RLHF rows ``{"chosen": dialogue, "rejected": dialogue}`` as pairwise labels.
 
     Both dialogues share their history and differ in the final Assistant turn. The prompt is the
@@ -191,6 +224,7 @@ def load_hh_rlhf(path: str | os.PathLike, limit: int | None = None) -> list[Comp
     Args:
         path: a ``.jsonl`` or ``.jsonl.gz`` file, e.g. ``hh-rlhf/harmless-base/test.jsonl.gz``.
         limit: stop after this many comparisons (``None``: all).
+        skipped: if given, the skipped rows are counted into it by reason.
 
     Returns:
         Best-of-2 comparisons (``best=0`` is the chosen turn) with
@@ -201,7 +235,7 @@ def load_hh_rlhf(path: str | os.PathLike, limit: int | None = None) -> list[Comp
     """
     shape = '{"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": "..."}'
     comparisons: list[Comparison] = []
-    skipped = {"chosen == rejected": 0, 'no shared "\\n\\nAssistant:" turn': 0, "empty final turn": 0}
+    counts = {"chosen == rejected": 0, 'no shared "\\n\\nAssistant:" turn': 0, "empty final turn": 0}
     for where, line_no, row in _read_jsonl(path, what="HH-RLHF"):
         if limit is not None and len(comparisons) >= limit:
             break
@@ -209,16 +243,16 @@ def load_hh_rlhf(path: str | os.PathLike, limit: int | None = None) -> list[Comp
             raise UserError(f"{where}: not an HH-RLHF row (got {_preview(row)}); expected {shape}")
         chosen, rejected = row["chosen"], row["rejected"]
         if chosen == rejected:
-            skipped["chosen == rejected"] += 1
+            counts["chosen == rejected"] += 1
             continue
         cut = os.path.commonprefix([chosen, rejected]).rfind(_ASSISTANT)
         if cut < 0:
-            skipped['no shared "\\n\\nAssistant:" turn'] += 1
+            counts['no shared "\\n\\nAssistant:" turn'] += 1
             continue
         cut += len(_ASSISTANT)
         responses = [chosen[cut:].removeprefix(" "), rejected[cut:].removeprefix(" ")]
         if not all(r.strip() for r in responses):
-            skipped["empty final turn"] += 1
+            counts["empty final turn"] += 1
             continue
         comparisons.append(
             Comparison(
@@ -229,9 +263,12 @@ def load_hh_rlhf(path: str | os.PathLike, limit: int | None = None) -> list[Comp
                 meta={"source": "hh-rlhf", "line": line_no},
             )
         )
-    if any(skipped.values()):
-        reasons = ", ".join(f"{n} {why}" for why, n in skipped.items() if n)
-        log.warning("%s: skipped %d HH-RLHF rows (%s)", path, sum(skipped.values()), reasons)
+    if any(counts.values()):
+        reasons = ", ".join(f"{n} {why}" for why, n in counts.items() if n)
+        log.warning("%s: skipped %d HH-RLHF rows (%s)", path, sum(counts.values()), reasons)
+    if skipped is not None:
+        for why, n in counts.items():
+            skipped[why] = skipped.get(why, 0) + n
     if not comparisons:
         raise UserError(f"{path} gave no usable HH-RLHF comparisons; expected lines like {shape}")
     return comparisons
@@ -340,24 +377,15 @@ def _read_jsonl(path: str | os.PathLike, what: str) -> Iterator[tuple[str, int, 
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{what} file not found: {p}. Check the path in your data config (data.path=...).")
-    opener = gzip.open if p.suffix == ".gz" else open
-    try:
-        with opener(p, "rt", encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                where = f"{p}:{line_no}"
-                try:
-                    value = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise UserError(
-                        f"{where}: not valid JSON ({err.msg}); each line must be one JSON object"
-                    ) from None
-                yield where, line_no, value
-    except (OSError, EOFError, UnicodeDecodeError) as err:  # gzip.BadGzipFile is an OSError
-        raise UserError(
-            f"cannot read {p} as UTF-8 JSONL{' (gzip)' if opener is gzip.open else ''}: {err}"
-        ) from None
+    for line_no, line in read_text_lines(p):
+        if not line.strip():
+            continue
+        where = f"{p}:{line_no}"
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{where}: not valid JSON ({err.msg}); each line must be one JSON object") from None
+        yield where, line_no, value
 
 
 def _preview(value, limit: int = 60) -> str:

@@ -9,22 +9,31 @@ data side knows nothing about causal vs encoder-decoder models or tokenizers.
 * ``jsonl``: ``{"prompt", "response"}`` rows (``target`` optional, defaults to the response).
 
 A batch is ``{"prompt": [str], "response": [str], "target": [str]}``.
+
+Rows a datamodule leaves out (a file longer than ``num_train``, a held-out set capped at ``num_val``,
+skipped comparisons) are counted in ``data_report`` (``data/<name>`` keys that ``run.py`` adds to
+``metrics.json``) and said on the console, never dropped in silence.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from feedback_lm.checks import check_args
 from feedback_lm.data import files, tasks
 from feedback_lm.errors import UserError
 
 SOURCES = ("generated", "bbh", "jsonl")
+
+log = logging.getLogger(__name__)
 
 
 class TextDataset(Dataset):
@@ -40,6 +49,66 @@ class TextDataset(Dataset):
         return self.rows[i]
 
 
+class ResumableSampler(Sampler[int]):
+    """A seeded shuffle that a checkpoint can resume mid-epoch.
+
+    Epoch ``e`` visits ``randperm(n)`` drawn from its own generator seeded with ``seed + e``, so the order
+    does not depend on the global random state; ``start`` skips the first indices of the epoch in
+    progress (the samples a resumed run has already trained on).
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int = 0, start: int = 0):
+        self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        start, self.start = self.start, 0
+        self.epoch += 1
+        yield from order[start:]
+
+
+class ResumableData:
+    """Mixin for the datamodules: a training loader whose position in the epoch is checkpointed.
+
+    Lightning saves :meth:`state_dict` in each checkpoint and calls :meth:`load_state_dict` before it
+    builds the loaders of a resumed run, which then continues the interrupted epoch where it stopped
+    instead of starting it over (one process; under multi-process DDP the resumed epoch starts over).
+    """
+
+    _sampler: ResumableSampler | None = None
+    _resume: dict[str, int] | None = None
+    _batches_seen: tuple[int, int] = (0, 0)  # (epoch, batches of it handed to the model)
+
+    def _train_loader(self, rows: list, collate) -> DataLoader:
+        state = self._resume or {}
+        skip = state.get("batches", 0) * self.batch_size
+        if self.trainer is not None and self.trainer.world_size > 1:
+            skip = 0
+        self._sampler = ResumableSampler(len(rows), self.seed, epoch=state.get("epoch", 0), start=skip)
+        self._batches_seen = (state.get("epoch", 0), state.get("batches", 0))
+        # Full batches only (every DDP rank then sees the same batch shapes), unless the data is smaller
+        # than one batch.
+        return DataLoader(TextDataset(rows), batch_size=self.batch_size, sampler=self._sampler, collate_fn=collate,
+                          num_workers=self.num_workers, drop_last=len(rows) >= self.batch_size)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.trainer is not None and self.trainer.training and self._sampler is not None:
+            epoch, seen = self._batches_seen
+            current = self._sampler.epoch - 1  # the epoch the sampler is serving
+            self._batches_seen = (current, seen + 1 if current == epoch else 1)
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, seen = self._batches_seen
+        return {"epoch": epoch, "batches": seen}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._resume = dict(state_dict)
+
+
 def collate_text(rows: list[dict[str, str]]) -> dict[str, list[str]]:
     """Rows -> a dict of lists (one list per field)."""
     return {key: [r[key] for r in rows] for key in rows[0]}
@@ -51,7 +120,7 @@ def example_rows(examples: Sequence[tasks.Example], template: str) -> list[dict[
             for e in examples]
 
 
-class TaskDataModule(L.LightningDataModule):
+class TaskDataModule(ResumableData, L.LightningDataModule):
     """Prompt/response/target text for SFT (demonstrations) and online algorithms (prompts + targets).
 
     Args:
@@ -68,15 +137,23 @@ class TaskDataModule(L.LightningDataModule):
         eval_batch_size: validation batch size.
         val_fraction: share of JSONL rows held out when there is no ``val_path``.
         seed: data seed; train and val sets are drawn from disjoint streams and deduplicated.
+        split_seed: the permutation seed of the BBH 80/20 split. Fixed (1, as in the HIR reference code)
+            rather than the run's seed, so runs with different seeds are evaluated on the same examples.
         num_workers: DataLoader workers.
     """
+
+    DATA_KIND: ClassVar[str] = "tasks"
 
     def __init__(self, source: str = "generated", task: str = "word_sorting",
                  difficulty: dict[str, Any] | None = None, path: str | None = None,
                  val_path: str | None = None, num_train: int = 10000, num_val: int = 200,
                  template: str = "Q: {input}\nA:", batch_size: int = 32, eval_batch_size: int = 100,
-                 val_fraction: float = 0.1, seed: int = 0, num_workers: int = 0):
+                 val_fraction: float = 0.1, seed: int = 0, split_seed: int = 1, num_workers: int = 0):
         super().__init__()
+        check_args("data", num_train=(num_train, ">= 1"), num_val=(num_val, ">= 0"), batch_size=(batch_size, ">= 1"),
+                   eval_batch_size=(eval_batch_size, ">= 1"), val_fraction=(val_fraction, "[0, 1)"),
+                   num_workers=(num_workers, ">= 0"))
+        check_template(template)
         if source not in SOURCES:
             raise UserError(f"unknown data.source '{source}'; choose one of {list(SOURCES)}")
         if source != "generated" and not path:
@@ -85,9 +162,10 @@ class TaskDataModule(L.LightningDataModule):
         self.path, self.val_path = path, val_path
         self.num_train, self.num_val, self.template = num_train, num_val, template
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.val_fraction, self.seed, self.num_workers = val_fraction, seed, num_workers
+        self.val_fraction, self.seed, self.split_seed, self.num_workers = val_fraction, seed, split_seed, num_workers
         self.train_rows: list[dict[str, str]] | None = None
         self.val_rows: list[dict[str, str]] | None = None
+        self.data_report: dict[str, int] = {}
 
     # ------------------------------------------------------------------------------------ loading
     def setup(self, stage: str | None = None) -> None:
@@ -97,26 +175,27 @@ class TaskDataModule(L.LightningDataModule):
             train, val = generated_split(self.task, self.num_train, self.num_val, self.seed, self.difficulty)
             self.train_rows, self.val_rows = example_rows(train, self.template), example_rows(val, self.template)
         elif self.source == "bbh":
-            self.train_rows = example_rows(files.load_bbh(self.path, split="train", seed=self.seed), self.template)
-            self.val_rows = example_rows(files.load_bbh(self.path, split="test", seed=self.seed),
-                                         self.template)[: self.num_val]
+            self.train_rows = example_rows(files.load_bbh(self.path, split="train", seed=self.split_seed),
+                                           self.template)
+            self.val_rows = self._cap_val(example_rows(files.load_bbh(self.path, split="test", seed=self.split_seed),
+                                                       self.template))
         else:
-            rows = [_jsonl_row(r) for r in files.load_jsonl(self.path)]
+            rows = [_jsonl_row(r) for r in files.load_jsonl(self.path, optional=("target",))]
             if self.val_path:
-                val = [_jsonl_row(r) for r in files.load_jsonl(self.val_path)]
+                val = [_jsonl_row(r) for r in files.load_jsonl(self.val_path, optional=("target",))]
             else:
                 n_val = max(1, int(len(rows) * self.val_fraction)) if len(rows) > 1 else 0
                 rows, val = rows[n_val:], rows[:n_val]
-            self.train_rows, self.val_rows = rows, val[: self.num_val]
+            self.train_rows, self.val_rows = rows, self._cap_val(val)
         if not self.train_rows:
             raise UserError(f"no training examples from data.source={self.source} (path={self.path})")
+        self.data_report.update({"data/train_rows": len(self.train_rows), "data/val_rows": len(self.val_rows)})
+
+    def _cap_val(self, val: list) -> list:
+        return _capped(val, self.num_val, "data.num_val", "held-out", self.data_report, "data/val_rows_capped")
 
     def train_dataloader(self) -> DataLoader:
-        # Full batches only (every DDP rank then sees the same batch shapes), unless the data is smaller
-        # than one batch.
-        return DataLoader(TextDataset(self.train_rows), batch_size=self.batch_size, shuffle=True,
-                          collate_fn=collate_text, num_workers=self.num_workers,
-                          drop_last=len(self.train_rows) >= self.batch_size)
+        return self._train_loader(self.train_rows, collate_text)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(TextDataset(self.val_rows), batch_size=self.eval_batch_size, shuffle=False,
@@ -125,6 +204,33 @@ class TaskDataModule(L.LightningDataModule):
     def describe(self) -> str:
         where = self.task if self.source == "generated" else Path(self.path).name
         return f"{self.source}:{where} ({len(self.train_rows or [])} train / {len(self.val_rows or [])} held out)"
+
+
+def _capped(rows: list, cap: int, option: str, what: str, report: dict[str, int], key: str) -> list:
+    """``rows[:cap]``, counting (and saying) how many rows the cap leaves out."""
+    dropped = max(0, len(rows) - cap)
+    report[key] = dropped
+    if dropped:
+        _say(f"{option}={cap}: using {cap} of {len(rows)} {what} rows ({dropped} left out; raise {option} to use them)")
+    return rows[:cap]
+
+
+def _say(message: str) -> None:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank == 0:
+        log.warning(message)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def check_template(template: str) -> None:
+    """A prompt template must place the question somewhere: refuse one without ``{input}``."""
+    if not isinstance(template, str) or "{input}" not in template:
+        raise UserError(f"data.template={template!r} has no {{input}} placeholder, so every prompt would be the "
+                        f"same text; e.g. data.template='Q: {{input}}\\nA:'")
 
 
 def generated_split(task: str, num_train: int, num_val: int, seed: int,
@@ -210,7 +316,7 @@ def generated_comparisons(task: str, n: int, k: int, seed: int, template: str,
     return out
 
 
-class ComparisonDataModule(L.LightningDataModule):
+class ComparisonDataModule(ResumableData, L.LightningDataModule):
     """Comparisons for reward models: each batch is a list of :class:`Comparison` (one prompt with all
     its K responses and their ranking).
 
@@ -223,14 +329,22 @@ class ComparisonDataModule(L.LightningDataModule):
         num_train, num_val: generated comparisons (caps for files: ``num_train`` <= 0 means all).
         k: responses per generated comparison.
         batch_size: prompts per batch (InstructGPT counts prompts, not pairs).
+        skip_degenerate: skip (and count) file rows that rank identical responses apart instead of
+            refusing the file.
     """
+
+    DATA_KIND: ClassVar[str] = "comparisons"
 
     def __init__(self, source: str = "generated", task: str = "word_sorting",
                  difficulty: dict[str, Any] | None = None, template: str = "Q: {input}\nA:",
                  path: str | None = None, val_path: str | None = None, num_train: int = 4000,
                  num_val: int = 200, k: int = 4, batch_size: int = 32, eval_batch_size: int = 64,
-                 val_fraction: float = 0.2, seed: int = 0, num_workers: int = 0):
+                 val_fraction: float = 0.2, seed: int = 0, num_workers: int = 0, skip_degenerate: bool = False):
         super().__init__()
+        check_args("data", num_val=(num_val, ">= 0"), k=(k, ">= 2"), batch_size=(batch_size, ">= 1"),
+                   eval_batch_size=(eval_batch_size, ">= 1"), val_fraction=(val_fraction, "[0, 1)"),
+                   num_workers=(num_workers, ">= 0"))
+        check_template(template)
         if source not in COMPARISON_SOURCES:
             raise UserError(f"unknown data.source '{source}' for comparisons; choose one of {list(COMPARISON_SOURCES)}")
         if source != "generated" and not path:
@@ -238,9 +352,10 @@ class ComparisonDataModule(L.LightningDataModule):
         self.source, self.task, self.difficulty, self.template = source, task, dict(difficulty or {}), template
         self.path, self.val_path, self.num_train, self.num_val, self.k = path, val_path, num_train, num_val, k
         self.batch_size, self.eval_batch_size, self.val_fraction = batch_size, eval_batch_size, val_fraction
-        self.seed, self.num_workers = seed, num_workers
+        self.seed, self.num_workers, self.skip_degenerate = seed, num_workers, skip_degenerate
         self.train_rows: list | None = None
         self.val_rows: list | None = None
+        self.data_report: dict[str, int] = {}
         self.demos: list[tuple[str, str]] = []
 
     @property
@@ -260,22 +375,30 @@ class ComparisonDataModule(L.LightningDataModule):
                                                     self.template, self.difficulty) if c.prompt not in seen]
             self.demos = [(c.prompt, " " + c.meta["target"]) for c in train]
         else:
-            load = comparisons.load_comparisons if self.source == "jsonl" else comparisons.load_hh_rlhf
+            skipped: dict[str, int] = {}
+            if self.source == "jsonl":
+                def load(path):
+                    return comparisons.load_comparisons(path, self.skip_degenerate, skipped)
+            else:
+                def load(path):
+                    return comparisons.load_hh_rlhf(path, skipped=skipped)
             rows = load(self.path)
             if self.val_path:
                 train, val = rows, load(self.val_path)
             else:
                 train, val = comparisons.split_comparisons(rows, self.val_fraction, self.seed)
+            self.data_report.update({f"data/skipped_{_slug(why)}": n for why, n in skipped.items()})
             if self.num_train > 0:
-                train = train[: self.num_train]
-        self.train_rows, self.val_rows = train, val[: self.num_val]
+                train = _capped(train, self.num_train, "data.num_train", "training", self.data_report,
+                                "data/train_rows_capped")
+        self.train_rows = train
+        self.val_rows = _capped(val, self.num_val, "data.num_val", "held-out", self.data_report, "data/val_rows_capped")
         if not self.train_rows:
             raise UserError(f"no training comparisons from data.source={self.source} (path={self.path})")
+        self.data_report.update({"data/train_rows": len(self.train_rows), "data/val_rows": len(self.val_rows)})
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(TextDataset(self.train_rows), batch_size=self.batch_size, shuffle=True,
-                          collate_fn=list, num_workers=self.num_workers,
-                          drop_last=len(self.train_rows) >= self.batch_size)
+        return self._train_loader(self.train_rows, list)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(TextDataset(self.val_rows), batch_size=self.eval_batch_size, shuffle=False,

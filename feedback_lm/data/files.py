@@ -3,16 +3,19 @@
 - :func:`load_bbh` reads a BIG-Bench Hard task file and returns the spec §5.1 split.
 - :func:`load_jsonl` reads rows such as ``{"prompt": ..., "response": ...}`` and names the file and
   line of the first bad row.
+- :func:`read_text_lines` decodes a text file line by line and names the file and line of the first byte
+  that is not UTF-8 text (a binary file, a Latin-1 export); :func:`load_text` reads a whole text file.
 - :func:`write_jsonl` writes rows atomically, so an interrupted run never leaves half a file that a
   resumed run would then read as complete.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,7 @@ import numpy as np
 from feedback_lm.data.tasks import Example
 from feedback_lm.errors import UserError
 
-__all__ = ["bbh_split_indices", "load_bbh", "load_jsonl", "write_jsonl"]
+__all__ = ["bbh_split_indices", "check_output_file", "load_bbh", "load_jsonl", "load_text", "read_text_lines", "write_jsonl"]
 
 _BBH_SHAPE = '{"examples": [{"input": "...", "target": "..."}, ...]}'
 
@@ -84,9 +87,10 @@ def load_bbh(
         )
     examples = []
     for i, row in enumerate(rows):
-        if not (isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("input", "target"))):
+        if not (isinstance(row, dict) and all(isinstance(row.get(k), str) and row[k].strip()
+                                              for k in ("input", "target"))):
             raise UserError(
-                f"{p}: examples[{i}] is not an object with string 'input' and 'target' "
+                f"{p}: examples[{i}] is not an object with non-empty string 'input' and 'target' "
                 f"(got {_preview(row)}); expected {_BBH_SHAPE}"
             )
         examples.append(Example(input=row["input"], target=row["target"]))
@@ -96,21 +100,23 @@ def load_bbh(
     return [examples[i] for i in (train if split == "train" else test)]
 
 
-def load_jsonl(path: str | os.PathLike, required: Sequence[str] = ("prompt", "response")) -> list[dict]:
-    """Read a JSONL file of objects that each have string fields ``required``.
+def load_jsonl(path: str | os.PathLike, required: Sequence[str] = ("prompt", "response"),
+               optional: Sequence[str] = ()) -> list[dict]:
+    """Read a JSONL file of objects that each have non-empty string fields ``required``.
 
     Blank lines are skipped; other fields are kept as they are.
 
     Args:
         path: the ``.jsonl`` file.
-        required: field names every row must have, with string values.
+        required: field names every row must have, with non-empty string values.
+        optional: field names that may be missing, but when present hold a non-empty string.
 
     Returns:
         The rows, in file order.
 
     Raises:
-        UserError: the file is missing or holds no rows, or a row is malformed; the message gives
-            ``path:LINE``, what is wrong, and the expected row shape.
+        UserError: the file is missing, is not UTF-8 text or holds no rows, or a row is malformed; the
+            message gives ``path:LINE``, what is wrong, and the expected row shape.
     """
     p = Path(path)
     shape = "{" + ", ".join(f'"{k}": "..."' for k in required) + "}"
@@ -119,33 +125,85 @@ def load_jsonl(path: str | os.PathLike, required: Sequence[str] = ("prompt", "re
             f"JSONL file not found: {p}. Check the path in your data config (e.g. data.path=...)."
         )
     rows = []
-    with p.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{p}:{line_no}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
+    for line_no, line in read_text_lines(p):
+        if not line.strip():
+            continue
+        where = f"{p}:{line_no}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(
+                f"{where}: not valid JSON ({err.msg}); each line must be one object like {shape}"
+            ) from None
+        if not isinstance(row, dict):
+            raise UserError(f"{where}: expected a JSON object like {shape}, got {_preview(row)}")
+        for key in (*required, *optional):
+            if key not in row:
+                if key in optional:
+                    continue
                 raise UserError(
-                    f"{where}: not valid JSON ({err.msg}); each line must be one object like {shape}"
-                ) from None
-            if not isinstance(row, dict):
-                raise UserError(f"{where}: expected a JSON object like {shape}, got {_preview(row)}")
-            for key in required:
-                if key not in row:
-                    raise UserError(
-                        f"{where}: missing field {key!r}; each line must be an object like {shape}"
-                    )
-                if not isinstance(row[key], str):
-                    raise UserError(
-                        f"{where}: field {key!r} must be a string, got {type(row[key]).__name__}; "
-                        f"each line must be an object like {shape}"
-                    )
-            rows.append(row)
+                    f"{where}: missing field {key!r}; each line must be an object like {shape}"
+                )
+            if not isinstance(row[key], str) or not row[key].strip():
+                got = "an empty string" if isinstance(row[key], str) else _preview(row[key])
+                raise UserError(
+                    f"{where}: field {key!r} must be a non-empty string, got {got}; "
+                    f"each line must be an object like {shape}"
+                )
+        rows.append(row)
     if not rows:
         raise UserError(f"{p} has no rows; each line must be an object like {shape}")
     return rows
+
+
+def read_text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of each line of a UTF-8 text file (``.gz`` is decompressed).
+
+    Raises:
+        UserError: a line holds a NUL byte (a binary file) or bytes that are not UTF-8; the message
+            names ``path:LINE``.
+    """
+    p = Path(path)
+    opener = gzip.open if p.suffix == ".gz" else open
+    try:
+        with opener(p, "rb") as f:
+            for line_no, raw in enumerate(f, start=1):
+                yield line_no, _decode(raw, f"{p}:{line_no}")
+    except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError
+        raise UserError(f"cannot read {p}{' as gzip' if opener is gzip.open else ''}: {err}") from None
+
+
+def load_text(path: str | os.PathLike, option: str) -> str:
+    """The whole text of a UTF-8 file named by config ``option``; a binary file or one in another
+    encoding is refused with the line of the first bad byte."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"{option}={path}: no such file; give a UTF-8 text file")
+    try:
+        return "".join(line for _, line in read_text_lines(p))
+    except UserError as e:
+        raise UserError(f"{option}={path}: {e}") from None
+
+
+def check_output_file(path: str | os.PathLike, option: str) -> None:
+    """Refuse an output file path that cannot be written (a directory, or a parent that cannot be
+    created), before any slow work whose result would then be lost."""
+    from feedback_lm.checks import check_dir_creatable
+
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise UserError(f"{option} {path} is a directory; give a file path, e.g. {p / 'comparisons.jsonl'}")
+    check_dir_creatable(p.parent, f"{option} {path}: its directory")
+
+
+def _decode(raw: bytes, where: str) -> str:
+    if b"\0" in raw:
+        raise UserError(f"{where}: holds NUL bytes; this is a binary file, not UTF-8 text")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{where}: byte {raw[err.start]:#04x} at column {err.start + 1} is not UTF-8; save the "
+                        f"file as UTF-8 text") from None
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:

@@ -101,3 +101,13 @@ def test_self_correct_generator_paths_never_run_payload(tmp_path, option):
     with pytest.raises(UserError, match=f"algo.{option}"):
         module.configure_model()
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04truncated", bytes(range(256))])
+def test_resume_checkpoint_is_checked_before_lightning_loads_it(tmp_path, content):
+    from feedback_lm.checkpoint import load_checkpoint
+
+    bad = tmp_path / "last.ckpt"
+    bad.write_bytes(content)
+    with pytest.raises(UserError, match=r"ckpt_path=.*last\.ckpt is not a checkpoint this project can load safely"):
+        load_checkpoint(bad, "ckpt_path", mmap=True)

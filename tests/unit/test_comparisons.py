@@ -304,3 +304,31 @@ def test_split_real_hh_prompts(hh):
     _check_split(hh, train, val)
     assert len({c.prompt for c in hh}) < len(hh)  # repeated prompts exist, so grouping matters
     assert split_comparisons(hh, 0.1, seed=3) == (train, val)
+
+
+@pytest.mark.parametrize("row, needle", [
+    ({"prompt": "p", "chosen": "same", "rejected": "same"}, "chosen and rejected are the same text"),
+    ({"prompt": "p", "responses": ["a", "b", "a"], "ranking": [0, 1, 2]}, "responses 0 and 2 are the same text but ranked apart"),
+    ({"prompt": "p", "responses": ["a", "a", "b"], "best": 0}, "responses 0 and 1 are the same text but ranked apart"),
+])
+def test_degenerate_rows_are_refused_with_their_line_or_skipped(tmp_path, row, needle):
+    from feedback_lm.data.comparisons import load_comparisons
+
+    good = {"prompt": "q", "responses": ["x", "y"], "best": 1}
+    tied = {"prompt": "q", "responses": ["a", "a", "b"], "ranking": [[0, 1], 2]}  # identical but tied: fine
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (good, tied, row)) + "\n")
+    with pytest.raises(UserError, match=re.escape(f"c.jsonl:3: {needle}") + ".*data.skip_degenerate=true"):
+        load_comparisons(path)
+    skipped: dict[str, int] = {}
+    assert len(load_comparisons(path, skip_degenerate=True, skipped=skipped)) == 2
+    assert skipped == {"degenerate": 1}
+
+
+def test_binary_comparison_file_names_the_line(tmp_path):
+    from feedback_lm.data.comparisons import load_comparisons
+
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    with pytest.raises(UserError, match=r"c\.jsonl:1: byte 0x89 at column 1 is not UTF-8"):
+        load_comparisons(path)

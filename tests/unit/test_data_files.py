@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -137,7 +138,7 @@ def test_load_jsonl_reads_rows_and_skips_blank_lines(tmp_path):
         ('{"prompt": "p", "response": ', "not valid JSON"),
         ('["p", "r"]', "expected a JSON object"),
         ('{"prompt": "p"}', "missing field 'response'"),
-        ('{"prompt": "p", "response": 7}', "field 'response' must be a string"),
+        ('{"prompt": "p", "response": 7}', "field 'response' must be a non-empty string"),
     ],
 )
 def test_load_jsonl_malformed_row_names_file_and_line(tmp_path, bad_line, needle):
@@ -195,3 +196,41 @@ def test_write_jsonl_is_atomic_on_failure(tmp_path):
         write_jsonl(path, rows())
     assert path.read_text() == before  # the old file is intact, not half overwritten
     assert os.listdir(tmp_path) == ["out.jsonl"]
+
+
+@pytest.mark.parametrize("raw, needle", [
+    (b'{"prompt": "a", "response": "b"}\n\x00\x01\x02\xff binary\n', "d.jsonl:2: holds NUL bytes; this is a binary file"),
+    (b'{"prompt": "a", "response": "b"}\n{"prompt": "caf\xe9", "response": "b"}\n',
+     "d.jsonl:2: byte 0xe9 at column 16 is not UTF-8"),
+    (b'{"prompt": "a", "response": ""}\n', "d.jsonl:1: field 'response' must be a non-empty string, got an empty string"),
+    (b'{"prompt": "  ", "response": "b"}\n', "d.jsonl:1: field 'prompt' must be a non-empty string"),
+    (b'{"prompt": "a", "response": "b", "target": null}\n', "d.jsonl:1: field 'target' must be a non-empty string, got null"),
+])
+def test_load_jsonl_refuses_bad_bytes_and_empty_fields(tmp_path, raw, needle):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(raw)
+    with pytest.raises(UserError, match=re.escape(needle)):
+        load_jsonl(path, optional=("target",))
+
+
+def test_load_text_refuses_binary(tmp_path):
+    from feedback_lm.data.files import load_text
+
+    good = tmp_path / "t.txt"
+    good.write_text("héllo\nworld\n", encoding="utf-8")
+    assert load_text(good, "algo.ptx_data") == "héllo\nworld\n"
+    bad = tmp_path / "b.txt"
+    bad.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(UserError, match=r"algo\.ptx_data=.*b\.txt: .*b\.txt:1: holds NUL bytes"):
+        load_text(bad, "algo.ptx_data")
+
+
+def test_check_output_file(tmp_path):
+    from feedback_lm.data.files import check_output_file
+
+    check_output_file(tmp_path / "new" / "out.jsonl", "--out")
+    with pytest.raises(UserError, match=r"--out .* is a directory; give a file path"):
+        check_output_file(tmp_path, "--out")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UserError, match=r"cannot be created: .*f is a file"):
+        check_output_file(tmp_path / "f" / "out.jsonl", "--out")

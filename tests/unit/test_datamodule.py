@@ -1,0 +1,64 @@
+"""Datamodules: the data shape they declare, counted caps and skips, argument ranges, the fixed BBH split."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from feedback_lm.data.datamodule import ComparisonDataModule, TaskDataModule
+from feedback_lm.errors import UserError
+
+
+def test_data_kinds():
+    assert TaskDataModule.DATA_KIND == "tasks" and ComparisonDataModule.DATA_KIND == "comparisons"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch_size": 0}, r"data\.batch_size=0 is out of range: it must be >= 1"),
+    ({"batch_size": -4}, r"data\.batch_size=-4 is out of range"),
+    ({"eval_batch_size": 0}, r"data\.eval_batch_size=0"),
+    ({"val_fraction": 1.0}, r"data\.val_fraction=1\.0 is out of range: it must be \[0, 1\)"),
+    ({"template": "no placeholder"}, r"data\.template='no placeholder' has no \{input\} placeholder"),
+])
+def test_ranges_and_template_are_checked(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        TaskDataModule(**kwargs)
+    with pytest.raises(UserError, match=message):
+        ComparisonDataModule(**kwargs)
+
+
+def test_jsonl_val_cap_is_counted(tmp_path):
+    path = tmp_path / "demos.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"p{i}", "response": f"r{i}"}) + "\n" for i in range(20)))
+    dm = TaskDataModule(source="jsonl", path=str(path), val_fraction=0.5, num_val=3)
+    dm.setup()
+    assert dm.data_report == {"data/val_rows_capped": 7, "data/train_rows": 10, "data/val_rows": 3}
+
+
+def test_comparison_caps_and_skips_are_counted(tmp_path):
+    rows = [{"prompt": f"p{i}", "chosen": f"a{i}", "rejected": f"b{i}"} for i in range(10)]
+    rows.append({"prompt": "dup", "chosen": "same", "rejected": "same"})
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(UserError, match=r"c\.jsonl:11: chosen and rejected are the same text"):
+        ComparisonDataModule(source="jsonl", path=str(path)).setup()
+    dm = ComparisonDataModule(source="jsonl", path=str(path), skip_degenerate=True, val_fraction=0.2,
+                              num_train=5, num_val=1)
+    dm.setup()
+    assert dm.data_report == {"data/skipped_degenerate": 1, "data/train_rows_capped": 3, "data/val_rows_capped": 1,
+                              "data/train_rows": 5, "data/val_rows": 1}
+
+
+def test_bbh_split_does_not_follow_the_run_seed(shared_data):
+    """The held-out BBH examples are the same for every run seed (the split's own seed is 1)."""
+    path = str(shared_data / "bbh" / "object_counting.json")
+    vals = []
+    for seed in (0, 7):
+        dm = TaskDataModule(source="bbh", path=path, seed=seed, num_val=1000)
+        dm.setup()
+        vals.append([r["prompt"] for r in dm.val_rows])
+    assert vals[0] == vals[1] and len(vals[0]) == 50
+    moved = TaskDataModule(source="bbh", path=path, split_seed=2, num_val=1000)
+    moved.setup()
+    assert [r["prompt"] for r in moved.val_rows] != vals[0]
