@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from feedback_lm.checkpoint import AtomicCheckpointIO, explain_load_error, write_json_atomic
 from feedback_lm.errors import UserError
+from feedback_lm.precision import resolve_precision
 
 
 def main(cfg: DictConfig) -> dict[str, Any] | None:
@@ -54,6 +55,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
+    resolve_precision(cfg.trainer)  # trainer.precision=auto -> bf16-mixed where the hardware has native bf16
     datamodule = _instantiate(cfg.data, "data")
     module = _instantiate(cfg.algo, "algo")
     loggers = [_instantiate(c, f"logger.{name}") for name, c in (cfg.logger or {}).items()]
