@@ -505,7 +505,7 @@ class PPO(L.LightningModule):
 
         t0 = time.perf_counter()
         self.policy.eval()  # dropout off for every forward (spec §0.5)
-        minibatches = list(self.buffer.minibatches(hp.minibatch_size, epochs=hp.ppo_epochs))
+        minibatches = list(self.buffer.minibatches(hp.minibatch_size, epochs=hp.ppo_epochs, same_layout=True))
         agg: dict[str, list[float]] = {}
         for j, mb in enumerate(minibatches):
             opt.zero_grad()
