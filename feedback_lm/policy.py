@@ -75,6 +75,7 @@ class Policy(nn.Module):
         self.is_encoder_decoder = bool(model.config.is_encoder_decoder)
         self.pad_token_id = int(model.config.pad_token_id)
         self.eos_token_id = int(tokenizer.eos_token_id)
+        self._forward_accepts_logits_to_keep = not self.is_encoder_decoder
         self._byte_offset = _byte_offset(tokenizer)
         self.fsdp_root: nn.Module | None = None  # see set_fsdp_root
 
@@ -182,11 +183,10 @@ class Policy(nn.Module):
         input_ids = torch.cat([prompt_ids, response_ids], dim=1)
         attention = torch.cat([prompt_mask, response_mask], dim=1).long()
         position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # spec §0.3: left padding
-        # Position P-1+t predicts y_t: the LM head runs on those R hidden states only, never on the prompt's.
-        keep = torch.arange(P - 1, P + R - 1, device=input_ids.device)
+        kwargs = {"logits_to_keep": R + 1} if self._forward_accepts_logits_to_keep else {}
         out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
-                         output_hidden_states=output_hidden, use_cache=False, logits_to_keep=keep)
-        logits = out.logits
+                         output_hidden_states=output_hidden, use_cache=False, **kwargs)
+        logits = out.logits[:, -(R + 1):-1]  # position P-1+t predicts y_t
         if not output_hidden:
             return PolicyOutput(logits)
         full = out.hidden_states[-1]

@@ -37,7 +37,7 @@ from feedback_lm.errors import UserError
 from feedback_lm.evaluation import exact_match
 from feedback_lm.kl import build_kl_controller
 from feedback_lm.models import ModelConfig, ScalarHead
-from feedback_lm.optim import lr_factor
+from feedback_lm.optim import fused_kernel, lr_factor
 from feedback_lm.policy import Policy
 from feedback_lm.rollout import Rollout, RolloutBuffer
 from plugins.reward_model import ziegler_gain_bias
@@ -637,7 +637,8 @@ class PPO(L.LightningModule):
         ids = {id(p) for p in value_params}
         groups = [{"params": [p for p in self.parameters() if p.requires_grad and id(p) not in ids], "lr": hp.lr},
                   {"params": value_params, "lr": hp.vf_lr or hp.lr}]
-        opt = torch.optim.Adam(groups, lr=hp.lr, eps=hp.adam_eps, weight_decay=hp.weight_decay)
+        opt = torch.optim.Adam(groups, lr=hp.lr, eps=hp.adam_eps, weight_decay=hp.weight_decay,
+                               fused=fused_kernel(p for g in groups for p in g["params"]))
         for g in opt.param_groups:
             g["initial_lr"] = g["lr"]
         return opt
