@@ -94,7 +94,7 @@ def model_config(family: str) -> dict:
     return json.loads(json.dumps(MODELS[FAMILIES[family]]))
 
 
-def ours_overrides(family: str, iterations: int) -> list[str]:
+def ours_overrides(family: str, iterations: int, precision: str = "auto") -> list[str]:
     """The Hydra overrides of the "ours" run: what a user would put on ``python train.py``."""
     cfg = model_config(family)
     model = [f"model={cfg['preset']}", f"model.name={cfg['name']}"]
@@ -111,7 +111,7 @@ def ours_overrides(family: str, iterations: int) -> list[str]:
         "algo.max_grad_norm=null", "algo.value_model=shared", "algo.temperature=1.0", "algo.top_k=0",
         "algo.top_p=1.0", f"algo.penalty_reward_value={PENALTY}", "algo.truncate_token=null",
         "algo.truncate_after=0", "algo.ptx_coef=0.0", "algo.ema_decay=null",
-        "trainer=cpu", f"trainer.max_steps={iterations}", "trainer.val_check_interval=null",
+        "trainer=cpu", f"trainer.precision={precision}", f"trainer.max_steps={iterations}", "trainer.val_check_interval=null",
         "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false", "run_dir=/tmp/bench_ppo_unused",
     ]
@@ -125,7 +125,7 @@ def workload(args) -> dict:
             "gamma": GAMMA, "lam": LAM, "cliprange": CLIPRANGE, "cliprange_value": CLIPRANGE_VALUE,
             "vf_coef": VF_COEF, "whiten_rewards": True,
             "reward": f"LengthReward({REWARD_TARGET_CHARS}) of the text cut after the first EOS, "
-                      f"{PENALTY} without EOS", "precision": "fp32", "iterations": args.iters,
+                      f"{PENALTY} without EOS", "precision": {"ours": args.precision, "trl": "32-true"}, "iterations": args.iters,
             "warmup": args.warmup, "rounds": args.rounds, "seed": args.seed, "trl_gen_batch": args.trl_gen_batch,
             "threads": args.threads}
 
@@ -141,10 +141,11 @@ def run_ours(args) -> dict:
     from torch.utils.data import DataLoader
 
     from feedback_lm.data.datamodule import TextDataset, collate_text
+    from feedback_lm.precision import resolve_precision
     from feedback_lm.testing import compose
 
     total = args.warmup + args.iters
-    cfg = compose([*ours_overrides(args.family, total), *args.ours_override])
+    cfg = compose([*ours_overrides(args.family, total, args.precision), *args.ours_override])
     starts: list[float] = []
     ends: list[float] = []
     cpu_starts: list[float] = []
@@ -173,6 +174,7 @@ def run_ours(args) -> dict:
                         num_workers=0, drop_last=True)
     L.seed_everything(args.seed, verbose=False)
     module = instantiate(cfg.algo, _convert_="all")
+    precision = resolve_precision(cfg.trainer)
     trainer = instantiate(cfg.trainer, _convert_="all", logger=False, enable_checkpointing=False,
                           callbacks=[Clock()])
     trainer.fit(module, train_dataloaders=loader)
@@ -187,7 +189,7 @@ def run_ours(args) -> dict:
             "split_s": [{k: round(s[k], 4) for k in SPLIT_KEYS} for s in measured],
             "kl": [round(s["ppo/kl"], 4) for s in splits], "kl_coef": [round(s["ppo/kl_coef"], 5) for s in splits],
             "score_mean": [round(s["rollout/score_mean"], 4) for s in splits],
-            "response_tokens": RESPONSE_LEN, **checks,
+            "response_tokens": RESPONSE_LEN, "precision": precision, **checks,
             "n_params_policy": sum(p.numel() for p in params),
             "n_params_value_head": sum(p.numel() for p in module.value_head.parameters()),
             "torch_threads": torch.get_num_threads()}
@@ -250,7 +252,7 @@ def common_args(args, family: str) -> list[str]:
 def run_method(args, method: str, family: str) -> dict:
     if method == "ours":
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", *common_args(args, family)]
-        cmd += [f"--ours-override={o}" for o in args.ours_override]
+        cmd += [f"--ours-override={o}" for o in args.ours_override] + [f"--precision={args.precision}"]
         return run_subprocess(cmd, f"ours {family}", env=worker_env(args), timeout=args.timeout)
     py, reason = ensure_trl_venv(TRL_VENV)
     if py is None:
@@ -286,7 +288,7 @@ def combine(runs: list[dict]) -> dict:
 
 def print_table(results: dict, info: dict, args) -> None:
     print(f"\nPPO iteration time: {N_PROMPTS} prompts x {PROMPT_LEN} bytes, {RESPONSE_LEN} sampled tokens, "
-          f"{PPO_EPOCHS} epochs x minibatch {MINIBATCH}, fp32, cpu ({info['device_name']}, "
+          f"{PPO_EPOCHS} epochs x minibatch {MINIBATCH}, ours {args.precision} (TRL fp32), cpu ({info['device_name']}, "
           f"{info['torch_threads']} threads); median of {args.iters} iterations after {args.warmup} warmup, "
           f"x {args.rounds} round(s)")
     print(f"{'family':<6} {'method':<6} {'s/iter':>8} {'rounds':>18} {'speedup':>8} {'cpu s/iter':>10} "
@@ -327,6 +329,9 @@ def main(argv=None) -> None:
     p.add_argument("--ours-override", action="append", default=[],
                    help="an extra Hydra override for ours (repeatable), to try a change, e.g. "
                         "+model.overrides.activation_function=gelu_pytorch_tanh")
+    p.add_argument("--precision", default="auto",
+                   help="ours' trainer.precision: auto (bf16-mixed where the CPU has native bf16), 32-true, "
+                        "bf16-mixed (TRL always runs fp32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None,
                    help="OMP/MKL threads of every process (default: torch's default, one per core)")
@@ -350,7 +355,7 @@ def main(argv=None) -> None:
     info = machine_info(args)
     out: dict = {"machine": info, "workload": workload(args),
                  "model_configs": {f: model_config(f) for f in families},
-                 "ours_overrides": {f: [*ours_overrides(f, args.warmup + args.iters), *args.ours_override]
+                 "ours_overrides": {f: [*ours_overrides(f, args.warmup + args.iters, args.precision), *args.ours_override]
                                     for f in families},
                  "load_average": {"start": load_average()}, "order": []}
     raw: dict[str, dict[str, list[dict]]] = {f: {m: [] for m in which} for f in families}

@@ -167,9 +167,10 @@ class Policy(nn.Module):
         R = response_ids.shape[1]
         last = ops.last_index(response_mask)  # [B]
         if self.is_encoder_decoder:
-            out = self.model(input_ids=prompt_ids, attention_mask=prompt_mask.long(),
-                             decoder_input_ids=self.decoder_input_ids(response_ids),
-                             output_hidden_states=output_hidden, use_cache=False)
+            with _same_attention_kernel_with_and_without_grad(prompt_ids.device):
+                out = self.model(input_ids=prompt_ids, attention_mask=prompt_mask.long(),
+                                 decoder_input_ids=self.decoder_input_ids(response_ids),
+                                 output_hidden_states=output_hidden, use_cache=False)
             logits = out.logits
             if not output_hidden:
                 return PolicyOutput(logits)
@@ -302,6 +303,19 @@ def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int, side: str) -> tupl
         ids[i, sl] = torch.as_tensor(s, dtype=torch.long)
         mask[i, sl] = True
     return ids, mask
+
+
+def _same_attention_kernel_with_and_without_grad(device: torch.device):
+    """T5's trainable relative-position bias enters attention as a float mask. On the CPU, SDPA runs its
+    flash kernel when that mask needs no gradient (``no_grad`` rollout passes) and its math kernel when
+    it does (the update), and under bf16 the two differ by up to 0.07 nats per token: PPO's ratio would
+    not start at 1. The math kernel on both sides makes them bit-identical, at no measured cost on the
+    tiny presets (docs/speed.md)."""
+    if device.type != "cpu":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
 
 
 @contextlib.contextmanager

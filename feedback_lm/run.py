@@ -37,6 +37,7 @@ from feedback_lm.checkpoint import (
 )
 from feedback_lm.checks import check_config, check_data_kind, check_dir_creatable, check_experiment
 from feedback_lm.errors import UserError
+from feedback_lm.precision import resolve_precision
 
 
 def main(cfg: DictConfig) -> dict[str, Any] | None:
@@ -59,6 +60,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     refuse_multirun_with_spawned_ddp(cfg)
     OmegaConf.resolve(cfg)  # resolve once, in this process (DESIGN §5.5)
+    resolve_precision(cfg.trainer)  # trainer.precision=auto -> bf16-mixed where the hardware has native bf16
     check_config(cfg)
     check_data_kind(cfg.algo._target_, cfg.data._target_)
     run_dir = Path(cfg.run_dir)

@@ -90,6 +90,7 @@ class FastSampler:
             full_mask = torch.cat([prompt_mask, prompt_mask.new_ones(B, T)], 1).long()
             positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
             out = self.model(input_ids=prompt_ids, attention_mask=full_mask, position_ids=positions, use_cache=True,
+                             logits_to_keep=1,  # the LM head on the last prompt position only
                              **self._cache_kwargs(cache, torch.arange(P, device=prompt_ids.device)))
             logits = out.logits[:, -1]
             state = {"attention_mask": full_mask, "last_position": positions[:, -1:]}

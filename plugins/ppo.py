@@ -38,7 +38,7 @@ from feedback_lm.errors import UserError
 from feedback_lm.evaluation import exact_match
 from feedback_lm.kl import build_kl_controller
 from feedback_lm.models import ModelConfig, ScalarHead
-from feedback_lm.optim import lr_factor
+from feedback_lm.optim import fused_kernel, lr_factor
 from feedback_lm.policy import Policy
 from feedback_lm.rollout import Rollout, RolloutBuffer
 from plugins.reward_model import ziegler_gain_bias
@@ -506,7 +506,7 @@ class PPO(L.LightningModule):
 
         t0 = time.perf_counter()
         self.policy.eval()  # dropout off for every forward (spec §0.5)
-        minibatches = list(self.buffer.minibatches(hp.minibatch_size, epochs=hp.ppo_epochs))
+        minibatches = list(self.buffer.minibatches(hp.minibatch_size, epochs=hp.ppo_epochs, same_layout=True))
         agg: dict[str, list[float]] = {}
         for j, mb in enumerate(minibatches):
             opt.zero_grad()
@@ -638,7 +638,8 @@ class PPO(L.LightningModule):
         ids = {id(p) for p in value_params}
         groups = [{"params": [p for p in self.parameters() if p.requires_grad and id(p) not in ids], "lr": hp.lr},
                   {"params": value_params, "lr": hp.vf_lr or hp.lr}]
-        opt = torch.optim.Adam(groups, lr=hp.lr, eps=hp.adam_eps, weight_decay=hp.weight_decay)
+        opt = torch.optim.Adam(groups, lr=hp.lr, eps=hp.adam_eps, weight_decay=hp.weight_decay,
+                               fused=fused_kernel(p for g in groups for p in g["params"]))
         for g in opt.param_groups:
             g["initial_lr"] = g["lr"]
         return opt

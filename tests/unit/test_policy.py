@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import ByT5Tokenizer
 
 from feedback_lm import ops
@@ -77,6 +78,32 @@ def test_hidden_states_shapes(policy):
     assert out.logits.shape[:2] == (B, R)
     assert out.hidden.shape == (B, R, policy.hidden_size)
     assert out.last_hidden.shape == (B, policy.hidden_size)
+
+
+def _full_logits(policy, enc) -> torch.Tensor:
+    """The reference path: the LM head on EVERY position, then the R response-aligned rows picked out."""
+    if policy.is_encoder_decoder:  # the decoder reads the response only: every position is a response one
+        with sdpa_kernel(SDPBackend.MATH):  # the kernel Policy.forward pins on the CPU
+            return policy.model(input_ids=enc["prompt_ids"], attention_mask=enc["prompt_mask"].long(),
+                                decoder_input_ids=policy.decoder_input_ids(enc["response_ids"])).logits
+    P, R = enc["prompt_ids"].shape[1], enc["response_ids"].shape[1]
+    attention = torch.cat([enc["prompt_mask"], enc["response_mask"]], 1).long()
+    logits = policy.model(input_ids=torch.cat([enc["prompt_ids"], enc["response_ids"]], 1), attention_mask=attention,
+                          position_ids=(attention.cumsum(-1) - 1).clamp(min=0)).logits
+    assert logits.shape[1] == P + R  # really every position
+    return logits[:, P - 1:P + R - 1]
+
+
+@torch.no_grad()
+def test_lm_head_only_on_response_positions_gives_the_same_logprobs(policy):
+    """Slicing the hidden states to the R response positions before the LM head changes no number."""
+    enc = policy.encode_batch(PROMPTS, RESPONSES)
+    full = _full_logits(policy, enc)
+    out = policy(**enc, output_hidden=True)
+    assert out.logits.shape == full.shape
+    assert torch.equal(out.logits, full)
+    expected = ops.gather_logprobs(full, enc["response_ids"]) * enc["response_mask"]
+    assert torch.equal(policy.logprobs(**enc), expected)
 
 
 def test_last_hidden_ignores_right_padding(policy):

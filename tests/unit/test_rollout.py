@@ -188,6 +188,18 @@ def test_minibatches_cover_every_row_once_per_epoch():
         assert b.prompt_mask[:, 0].any() and b.response_mask[:, -1].any()
 
 
+def test_minibatches_in_the_buffers_layout_are_rows_of_the_rollout():
+    """same_layout: each minibatch is exactly ``rollout.select(rows)``, the padding its forward pass saw."""
+    r = make_rollout([2, 5, 1, 3], [3, 1, 4, 2])
+    buf = RolloutBuffer(pad_token_id=PAD, seed=1)
+    buf.add(r)
+    for b in buf.minibatches(batch_size=2, epochs=2, same_layout=True):
+        assert b == r.select(row_ids(b))
+    minimal = next(iter(buf.minibatches(batch_size=1, shuffle=False)))
+    assert minimal.prompt_ids.shape == (1, 2)  # the default stays minimal
+    assert Rollout.collate(r.rows()[:1], PAD, widths=(4, 6)).prompt_ids.tolist() == [[PAD, PAD, 10, 11]]
+
+
 def test_minibatches_drop_last_and_no_shuffle():
     buf = filled_buffer(10)
     batches = list(buf.minibatches(batch_size=4, drop_last=True, shuffle=False))

@@ -1,0 +1,85 @@
+"""Training precision: ``trainer.precision=auto`` picks bf16 autocast where the hardware has native bf16.
+
+``auto`` (the default of ``conf/trainer/cpu.yaml``) becomes
+
+* on the CPU: ``bf16-mixed`` when the CPU multiplies bf16 matrices natively (the ``avx512_bf16`` or
+  ``amx_bf16`` instruction sets: current Xeons, AMD Zen 4/5), else ``32-true``. Emulated bf16 is slower
+  than fp32, so CPUs without those instructions stay in fp32.
+* on a GPU: ``bf16-mixed`` when the GPU supports bf16 (Ampere and newer), else ``32-true``.
+
+``bf16-mixed`` keeps fp32 master weights and optimizer state and runs the forward and backward matrix
+products under ``torch.autocast(dtype=bfloat16)``; log-softmax, whitening, GAE and the losses are computed
+in fp32 by :mod:`feedback_lm.ops` whatever the autocast dtype. Any explicit value
+(``trainer.precision=32-true``, ``bf16-mixed``, ...) is passed to Lightning unchanged. The measured speed-ups
+are in ``docs/speed.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import MutableMapping
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo names of the native bf16 instructions
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The instruction-set flags of the first CPU in ``/proc/cpuinfo`` (or of ``cpuinfo``'s text); empty
+    where the file does not exist (macOS, Windows)."""
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        if not path.is_file():
+            return set()
+        cpuinfo = path.read_text(errors="replace")
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):  # x86 | ARM
+            return set(value.split())
+    return set()
+
+
+def cpu_has_native_bf16(flags: set[str] | None = None) -> bool:
+    """True when the CPU has native bf16 matrix instructions (``avx512_bf16`` or ``amx_bf16``).
+
+    Reads ``flags`` (default: :func:`cpu_flags`); without ``/proc/cpuinfo`` asks torch's own CPU probe.
+    """
+    flags = cpu_flags() if flags is None else flags
+    if flags:
+        return any(f in flags for f in NATIVE_BF16_FLAGS)
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return bool(probe and probe())
+
+
+def auto_precision(accelerator: str, native_cpu_bf16: bool | None = None) -> str:
+    """What ``precision=auto`` means for ``accelerator`` (``cpu``, ``gpu``/``cuda`` or ``auto``)."""
+    accelerator = str(accelerator).lower()
+    if accelerator in ("gpu", "cuda") or (accelerator == AUTO and torch.cuda.is_available()):
+        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+    if accelerator in ("cpu", AUTO):
+        native = cpu_has_native_bf16() if native_cpu_bf16 is None else native_cpu_bf16
+        return "bf16-mixed" if native else "32-true"
+    return "32-true"  # other accelerators (mps, tpu): Lightning's own default
+
+
+def resolve_precision(trainer_cfg: MutableMapping) -> str:
+    """Replace ``precision: auto`` in a trainer config (in place) by what it means here, log one line
+    saying which precision the run uses and why, and return it. Other values are left as they are."""
+    value = str(trainer_cfg.get("precision", "32-true"))
+    if value != AUTO:
+        return value
+    accelerator = str(trainer_cfg.get("accelerator", AUTO))
+    chosen = auto_precision(accelerator)
+    trainer_cfg["precision"] = chosen
+    if chosen == "bf16-mixed" and accelerator == "cpu":
+        why = "the CPU has native bf16 (avx512_bf16/amx_bf16)"
+    elif chosen == "bf16-mixed":
+        why = "the GPU supports bf16"
+    else:
+        why = "no native bf16 on this hardware"
+    log.info("precision: %s (trainer.precision=auto: %s; trainer.precision=32-true forces fp32)", chosen, why)
+    return chosen

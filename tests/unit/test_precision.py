@@ -1,0 +1,62 @@
+"""trainer.precision=auto: bf16-mixed on CPUs with native bf16, fp32 elsewhere; explicit values untouched."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from omegaconf import OmegaConf
+
+from feedback_lm import precision
+from feedback_lm.precision import auto_precision, cpu_flags, cpu_has_native_bf16, resolve_precision
+
+SAPPHIRE_RAPIDS = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16\n"
+SKYLAKE = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n"
+
+
+def test_cpu_flags_reads_the_flags_line():
+    assert cpu_flags(SAPPHIRE_RAPIDS) == {"fpu", "sse2", "avx2", "avx512f", "avx512_bf16", "amx_bf16"}
+    assert cpu_flags("processor: 0\n") == set()
+
+
+@pytest.mark.parametrize(("flags", "native"), [
+    ({"avx512f", "avx512_bf16"}, True),       # Zen 4/5, Cooper Lake
+    ({"amx_bf16"}, True),                      # AMX without the AVX-512 bf16 flag
+    ({"avx512f", "avx512bw"}, False),          # Skylake: bf16 only emulated (slower than fp32)
+    ({"avx2", "fma"}, False),
+])
+def test_native_bf16_needs_avx512_bf16_or_amx(flags, native):
+    assert cpu_has_native_bf16(flags) is native
+
+
+def test_auto_on_cpu_follows_the_cpu():
+    assert auto_precision("cpu", native_cpu_bf16=True) == "bf16-mixed"
+    assert auto_precision("cpu", native_cpu_bf16=False) == "32-true"
+
+
+def test_resolve_replaces_auto_and_logs_one_line(monkeypatch, caplog):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: cpu_flags(SAPPHIRE_RAPIDS))
+    cfg = OmegaConf.create({"accelerator": "cpu", "precision": "auto"})
+    with caplog.at_level(logging.INFO, logger="feedback_lm.precision"):
+        assert resolve_precision(cfg) == "bf16-mixed"
+    assert cfg.precision == "bf16-mixed"
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and lines[0].startswith("precision: bf16-mixed") and "32-true forces fp32" in lines[0]
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: cpu_flags(SKYLAKE))
+    cfg = OmegaConf.create({"accelerator": "cpu", "precision": "auto"})
+    assert resolve_precision(cfg) == "32-true" and cfg.precision == "32-true"
+
+
+def test_explicit_precision_is_kept(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: cpu_flags(SAPPHIRE_RAPIDS))
+    cfg = OmegaConf.create({"accelerator": "cpu", "precision": "32-true"})
+    assert resolve_precision(cfg) == "32-true" and cfg.precision == "32-true"
+
+
+def test_cpu_trainer_config_defaults_to_auto(tmp_path):
+    from feedback_lm.testing import compose
+
+    cfg = compose([f"run_dir={tmp_path}"])
+    assert cfg.trainer.precision == "auto"
+    assert compose([f"run_dir={tmp_path}", "trainer.precision=32-true"]).trainer.precision == "32-true"
