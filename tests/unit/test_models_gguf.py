@@ -119,3 +119,35 @@ def test_missing_file_names_the_option(tmp_path):
 
 def test_a_plain_model_is_read_from_name_or_path():
     assert pretrained_source(ModelConfig.coerce({"name_or_path": "openai-community/gpt2"})) == "openai-community/gpt2"
+
+
+def test_a_saved_directory_wins_over_the_gguf_file(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    cfg = ModelConfig.coerce({"name_or_path": str(tmp_path), "gguf_file": "absent.gguf", "gguf_package": "nope"})
+    assert pretrained_source(cfg) == str(tmp_path)
+
+
+def test_lora_adapter_directory_loads_merged(tmp_path):
+    """A LoRA run's save_pretrained writes only the adapter; model.name_or_path=<that dir> loads base +
+    adapter, merged, with the same logits."""
+    import torch
+
+    from feedback_lm.policy import Policy
+
+    base = Policy.from_config({"name": "t", "preset": "tiny-gpt2", "tokenizer": "byte"})
+    base.model.save_pretrained(tmp_path / "base")
+    base.tokenizer.save_pretrained(tmp_path / "base")
+    tuned = Policy.from_config({"name": "t", "name_or_path": str(tmp_path / "base"), "lora": {"r": 4}})
+    with torch.no_grad():
+        for name, p in tuned.model.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.01)  # a non-zero adapter
+    tuned.model.save_pretrained(tmp_path / "run")
+    tuned.tokenizer.save_pretrained(tmp_path / "run")
+    assert not (tmp_path / "run" / "config.json").exists(), "peft saved only the adapter"
+    again = Policy.from_config({"name": "t", "name_or_path": str(tmp_path / "run")})
+    enc = tuned.encode_batch(["Q: ab\nA:"], [" ba"])
+    with torch.no_grad():
+        want, got, plain = tuned(**enc).logits, again(**enc).logits, base(**enc).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert not torch.allclose(got, plain, atol=1e-3), "the adapter is applied"
