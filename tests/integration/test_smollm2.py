@@ -114,16 +114,18 @@ def one_step(algo: str, root: Path, tmp_path: Path, *overrides: str):
 
 
 def test_sft_step_then_save_and_reload(smol_cache, tmp_path):
+    """LoRA save_pretrained -> ``model=smollm2-135m model.name_or_path=<run>/model`` and
+    ``feedback_lm.collect --model <run>`` load the trained weights."""
+    from feedback_lm.collect import resolve_model
     from feedback_lm.policy import Policy
 
     module, _ = one_step("sft", smol_cache, tmp_path)
     module.save_pretrained(str(tmp_path / "model"))
     enc = module.policy.encode_batch(["Q: I have a dog and two cats. How many animals do I have?\nA:"], [" 3"])
-    reloaded = Policy.from_config(smol_config(smol_cache, name_or_path=str(tmp_path / "model")))
     with torch.no_grad():
         trained = module.policy(**enc).logits
-        again = reloaded(**enc).logits
-    torch.testing.assert_close(again, trained, atol=1e-4, rtol=0)
+        for cfg in (smol_config(smol_cache, name_or_path=str(tmp_path / "model")), resolve_model(str(tmp_path))):
+            torch.testing.assert_close(Policy.from_config(cfg)(**enc).logits, trained, atol=1e-4, rtol=0)
 
 
 def test_reward_model_step(smol_cache, tmp_path):
