@@ -59,9 +59,12 @@ def resolve_model(spec: str) -> dict[str, Any]:
         return {"name": spec, "preset": spec, "tokenizer": "byte"}
     path = Path(os.path.expanduser(spec))
     if path.is_dir():
-        if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
+        def saved(d: Path) -> bool:  # a full model, or a LoRA run's adapter (loaded onto its base, merged)
+            return (d / "config.json").is_file() or (d / "adapter_config.json").is_file()
+
+        if not saved(path) and saved(path / "model"):
             path = path / "model"  # a run directory: its saved model lives in <run>/model
-        if not (path / "config.json").is_file():
+        if not saved(path):
             raise UserError(f"--model {spec}: the directory has no config.json, so it is not a saved Hugging "
                             f"Face model. Pass a directory written by save_pretrained (a run's <run>/model), "
                             f"a tiny preset ({', '.join(sorted(TINY_PRESETS))}) or a hub name.")

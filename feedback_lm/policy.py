@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from feedback_lm import ops
+from feedback_lm.errors import UserError
 from feedback_lm.models import ModelConfig, load_model, load_tokenizer
 
 
@@ -65,13 +66,19 @@ class Policy(nn.Module):
         model: an HF model with an LM head (``AutoModelForCausalLM`` / ``AutoModelForSeq2SeqLM``).
         tokenizer: its tokenizer.
         max_length: prompts are cut to their last ``max_length`` tokens, responses to their first.
+        chat_template: wrap each prompt as one user turn of the tokenizer's chat template, followed by the
+            assistant header, before tokenizing (``model.chat_template``; docs/real_model.md).
     """
 
-    def __init__(self, model: nn.Module, tokenizer, max_length: int = 512):
+    def __init__(self, model: nn.Module, tokenizer, max_length: int = 512, chat_template: bool = False):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = max_length
+        if chat_template and not getattr(tokenizer, "chat_template", None):
+            raise UserError("model.chat_template=true, but this model's tokenizer has no chat template; "
+                            "set model.chat_template=false to feed prompts raw")
+        self.chat_template = chat_template
         self.is_encoder_decoder = bool(model.config.is_encoder_decoder)
         self.pad_token_id = int(model.config.pad_token_id)
         self.eos_token_id = int(tokenizer.eos_token_id)
@@ -84,7 +91,7 @@ class Policy(nn.Module):
         cfg = ModelConfig.coerce(cfg)
         tokenizer = load_tokenizer(cfg)
         model = load_model(cfg, tokenizer)
-        policy = cls(model, tokenizer, max_length=cfg.max_length)
+        policy = cls(model, tokenizer, max_length=cfg.max_length, chat_template=cfg.chat_template)
         if cfg.compile:
             policy.model.forward = torch.compile(policy.model.forward)
         return policy
@@ -102,14 +109,25 @@ class Policy(nn.Module):
 
     # ----------------------------------------------------------------------------------- tokenizing
     def encode_prompts(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokenize prompts, LEFT-padded. T5 encoders get their EOS; causal prompts get none.
+        """Tokenize prompts, LEFT-padded. T5 encoders get their EOS; causal prompts get none. With
+        ``chat_template`` each text first becomes ``user`` turn + assistant header, so the response is the
+        assistant's turn (which ends with the EOS the response encoding appends).
 
         Returns:
             ids ``[B,P]`` long and mask ``[B,P]`` bool.
         """
+        if self.chat_template:
+            texts = [self.tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                                        add_generation_prompt=True) for t in texts]
         eos = [self.eos_token_id] if self.is_encoder_decoder else []
         enc = [ids[-(self.max_length - len(eos)):] + eos for ids in self._tokenize(texts)]
         return pad_sequences(enc, self.pad_token_id, side="left")
+
+    @property
+    def prompt_suffix_tokens(self) -> int:
+        """How many tokens :meth:`encode_prompts` appends after the prompt's own text and header (T5: the
+        encoder EOS); text meant to continue the prompt goes before them."""
+        return 1 if self.is_encoder_decoder else 0
 
     def encode_responses(self, texts: Sequence[str], add_eos: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokenize responses (targets), RIGHT-padded, with EOS appended (spec §1.2: the model must

@@ -374,7 +374,7 @@ class HIR(L.LightningModule):
             self.policy = Policy.from_config(self.model_config)
             self.buffer.pad_token_id = self.policy.pad_token_id
             # tokens encode_prompts appends (T5: the encoder EOS); sub-output prefixes go before them
-            self._prompt_suffix = int(self.policy.encode_prompts([""])[1].sum())
+            self._prompt_suffix = self.policy.prompt_suffix_tokens
 
     # ----------------------------------------------------------------------------------- training
     def training_step(self, batch: dict[str, list[str]], batch_idx: int) -> None:

@@ -28,7 +28,8 @@ def test_every_option_composes(group, tmp_path):
 def test_model_configs_are_valid(model, tmp_path):
     cfg = compose([f"model={model}", f"run_dir={tmp_path}"])
     mc = ModelConfig.coerce(OmegaConf.to_container(cfg.model, resolve=True))
-    assert (mc.preset is None) != (mc.name_or_path is None), "either a tiny preset or a hub name/path"
+    sources = [mc.preset is not None, mc.name_or_path is not None or mc.gguf_file is not None]
+    assert sum(sources) == 1, "either a tiny preset or a hub name/path (or a GGUF file)"
     assert mc.name == model
 
 

@@ -1,0 +1,37 @@
+"""What the SmolLM2-135M benches (``bench/bench_smollm2_*.py``) share: the model, the two sizes and the seeds.
+
+Every script runs at two sizes: the CPU size (the default; finishes within 2 hours on 2 CPU cores, one
+seed) and the GPU size (``--trainer gpu``: three seeds, larger budgets, a few GPU minutes). ``--smoke``
+shrinks everything to check the plumbing in minutes; its numbers mean nothing.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+MODEL = ["model=smollm2-135m"]                              # LoRA, bf16 autocast (conf/model/smollm2-135m.yaml)
+GPU = ["trainer=gpu", "trainer.precision=bf16-mixed"]
+
+
+def add_size_args(p: argparse.ArgumentParser, work: str) -> None:
+    p.add_argument("--trainer", default="cpu", choices=("cpu", "gpu"), help="gpu: the GPU size, 3 seeds")
+    p.add_argument("--seeds", default=None, help="comma-separated (default: 0 on cpu, 0,1,2 on gpu)")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the plumbing, numbers mean nothing")
+    p.add_argument("--work", default=work, help="run directories and logs")
+    p.add_argument("--json", default=None, help="write the result here")
+
+
+def size(args, cpu, gpu, smoke):
+    """The value of this run's size."""
+    return smoke if args.smoke else gpu if args.trainer == "gpu" else cpu
+
+
+def seeds(args) -> list[int]:
+    text = args.seeds or ("0,1,2" if args.trainer == "gpu" and not args.smoke else "0")
+    return [int(s) for s in text.split(",")]
+
+
+def trainer_overrides(args) -> list[str]:
+    return GPU if args.trainer == "gpu" else []
