@@ -7,6 +7,7 @@ and test_kl.py; #9 generation/forward alignment is in tests/unit/test_policy.py.
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -15,9 +16,18 @@ from hydra.utils import instantiate
 
 from feedback_lm import ops
 from feedback_lm.optim import lr_factor
+from feedback_lm.reference import reference_logprobs
 from feedback_lm.rollout import RolloutBuffer
 from feedback_lm.testing import QUICK, check_plugin, compose
-from plugins.ppo import PPO, ema_update, policy_loss, ppo_loss, truncate_for_scoring, value_loss
+from plugins.ppo import (
+    PPO,
+    ema_update,
+    policy_loss,
+    ppo_loss,
+    score_normalization,
+    truncate_for_scoring,
+    value_loss,
+)
 
 TOY_REWARD = ["~reward", "+reward._target_=feedback_lm.rewards.LengthReward"]
 FAST = ["algo.max_new_tokens=8", "algo.eval_max_new_tokens=8"]
@@ -150,30 +160,50 @@ def test_uninformative_score_with_nonzero_mean_biases_towards_stopping():
     assert g0.abs().max().item() == 0.0
 
 
-def test_reward_normalisation_from_the_first_rollout():
-    module, _ = _module(["algo.reward_normalization=ziegler"])
+def test_score_normalization_values():
     raw = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    out = module._normalize_scores(raw)
-    # spec §2.a test #6: raw [1,2,3,4] -> g = 0.894427, c = -2.236068; mean 0, population std 1
-    assert module.score_norm[0] == pytest.approx(0.894427, abs=1e-6)
-    assert module.score_norm[1] == pytest.approx(-2.236068, abs=1e-6)
+    # raw [1,2,3,4] -> g = 0.894427, c = -2.236068 (Ziegler normalisation); mean 0, population std 1
+    g, c = score_normalization(raw, "ziegler")
+    assert (g, c) == pytest.approx((0.894427, -2.236068), abs=1e-6)
+    out = raw * g + c
     assert out.mean().item() == pytest.approx(0.0, abs=1e-6)
     assert out.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-6)
-    # fixed after the first rollout: later scores use the same gain and bias
-    assert module._normalize_scores(torch.tensor([4.0])).item() == pytest.approx(4 * 0.894427 - 2.236068, abs=1e-5)
+    assert score_normalization(raw, "bias") == pytest.approx((1.0, -2.5))
+    # every sample scored the same (a binary verifier before any success): remove the mean only
+    assert score_normalization(torch.zeros(4), "ziegler") == (1.0, 0.0)
+
+
+def _attach(module, dm, world_size=1):
+    """A stand-in trainer for the hooks that read only the datamodule and the world size."""
+    module._trainer = SimpleNamespace(datamodule=dm, world_size=world_size, global_rank=0)
+    return module
+
+
+def test_reward_normalisation_on_samples_of_the_initial_policy():
+    """The gain and bias come from normalize_samples responses of the INITIAL policy (the reference),
+    not from the first rollout, so they stay the same however far the policy has moved; they are
+    checkpointed and applied to every later score."""
+    module, dm = _module(["algo.reward_normalization=ziegler", "algo.normalize_samples=24"])
+    calls = []
+    module.reward_fn = lambda p, r, t: calls.append(len(r)) or torch.tensor([float(len(x)) for x in r])
+    _attach(module, dm)
+    torch.manual_seed(1)
+    norm = module.fit_normalization()
+    assert sum(calls) == 24
+    with torch.no_grad():  # move the policy: the normalisation must not follow it
+        for p in module.policy.parameters():
+            p.add_(torch.randn_like(p))
+    torch.manual_seed(1)
+    assert module.fit_normalization() == pytest.approx(norm)
+    raw = torch.tensor([4.0])
+    assert module._normalize_scores(raw).item() == pytest.approx(4 * norm[0] + norm[1], rel=1e-6)
     ckpt = {}
     module.on_save_checkpoint(ckpt)
     fresh, _ = _module(["algo.reward_normalization=ziegler"])
     fresh.on_load_checkpoint(ckpt)
     assert fresh.score_norm == pytest.approx(module.score_norm)
-
-    bias, _ = _module(["algo.reward_normalization=bias"])
-    assert bias._normalize_scores(raw).tolist() == pytest.approx([-1.5, -0.5, 0.5, 1.5])
     none, _ = _module(["algo.reward_normalization=none"])
     assert none._normalize_scores(raw) is raw
-    # every first sample scored the same (a binary verifier before any success): shift, decide later
-    flat, _ = _module(["algo.reward_normalization=ziegler"])
-    assert flat._normalize_scores(torch.zeros(4)).abs().max().item() == 0.0 and flat.score_norm is None
     with pytest.raises(Exception, match="reward_normalization"):
         _module(["algo.reward_normalization=whiten"])
 
@@ -244,7 +274,7 @@ def test_fixed_length_mode_samples_exactly_T_tokens_and_penalises_missing_eos():
 
 def test_lora_reference_is_the_base_with_adapters_disabled():
     module, dm = _module(["model.lora.r=4"])
-    assert not hasattr(module, "ref"), "with LoRA the reference must not be a second copy of the weights"
+    assert module.ref is None, "with LoRA the reference must not be a second copy of the weights"
     prompts, targets = _prompts(dm, 4)
     rollout, _ = module.make_rollout(prompts, targets)
     with torch.no_grad():  # move the adapters: the policy changes, the reference must not
@@ -252,7 +282,7 @@ def test_lora_reference_is_the_base_with_adapters_disabled():
             if "lora_B" in n:
                 p.add_(0.5)
     args = (rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask)
-    ref_after = module._ref_logprobs(*args)
+    ref_after = reference_logprobs(module.policy, module.ref, *args)
     policy_after = module.policy.logprobs(*args) * rollout.response_mask
     torch.testing.assert_close(ref_after, rollout.ref_logprobs, atol=1e-5, rtol=0)
     assert (policy_after - rollout.logprobs).abs().max() > 1e-3
@@ -272,7 +302,7 @@ def test_ptx_gradient_is_additive_and_skips_the_separate_value_net(tmp_path):
     sep = ["algo.value_model=separate", f"algo.value_init_from={tmp_path / 'rm'}", "algo.ptx_ratio=2"]
     module, dm = _module(sep)
     rollout, _ = module.make_rollout(*_prompts(dm, 4))
-    from plugins.ppo import PtxStream
+    from feedback_lm.ptx import PtxStream
 
     def run(ptx_coef: float, skip_ppo: bool = False):
         module.zero_grad(set_to_none=True)
