@@ -511,3 +511,72 @@ def test_validation_logs_seeded_sampled_metrics_without_touching_training_rng():
     assert "val/sampled_score" not in runs[2]
     # the data loader draws from the global RNG either way; the sampled evaluation adds nothing to that
     assert torch.equal(states[0], states[2])
+
+
+# ------------------------------------------------------------------ deviations fixed (reliability issue)
+def test_refit_restarts_from_the_initial_reward_model_backbone(tmp_path):
+    """Every refit trains a fresh head on the reward model's INITIAL backbone, not on the last refit's."""
+    from feedback_lm.data.comparisons import Comparison
+    from feedback_lm.refit import OnlineRefitter, RefitConfig
+    from feedback_lm.rewards import ModelReward
+
+    reward = ModelReward(_tiny_reward_model(tmp_path / "rm"))
+    initial = {k: v.clone() for k, v in reward.model.policy.state_dict().items()}
+    refitter = OnlineRefitter(RefitConfig(every=1, task="word_sorting", epochs=1, batch_size=2), reward, tmp_path)
+    refitter.comparisons = [Comparison(prompt="Q: a\nA:", responses=[" a", " b"], tiers=[[0], [1]])] * 2
+    with torch.no_grad():  # as if a previous refit had trained the backbone
+        for p in reward.model.policy.parameters():
+            p.add_(1.0)
+    refitter.cfg.epochs = 0  # no training this time: the backbone must be back at its initial weights
+    refitter.refit()
+    for k, v in reward.model.policy.state_dict().items():
+        assert torch.equal(v, initial[k]), k
+
+
+def test_lr_anneal_without_max_steps_uses_the_epochs():
+    """trainer.max_steps=-1: the linear anneal spans the epochs' batches (it used to drop to 0 after step 1)."""
+    module, _ = _module()
+    module._trainer = SimpleNamespace(max_steps=-1, estimated_stepping_batches=40)
+    assert module._total_iterations() == 40
+    assert lr_factor(1, module._total_iterations(), "linear") == pytest.approx(1 - 1 / 40)
+    module._trainer = SimpleNamespace(max_steps=-1, estimated_stepping_batches=float("inf"))
+    with pytest.warns(UserWarning, match="max_steps or trainer.max_epochs"):
+        assert lr_factor(5, module._total_iterations(), "linear") == pytest.approx(1.0)
+    module._trainer = SimpleNamespace(max_steps=12, estimated_stepping_batches=40)
+    assert module._total_iterations() == 12
+
+
+def test_dropout_is_off_and_top_k_warns():
+    module, _ = _module(["model.dropout=0.3"])
+    assert module.model_config.dropout == 0.0
+    assert all(m.p == 0.0 for m in module.policy.modules() if isinstance(m, torch.nn.Dropout))
+    with pytest.warns(UserWarning, match="top_k=5"):
+        _module(["algo.top_k=5"])
+
+
+def test_minibatch_of_empty_prompts_does_not_crash():
+    """A minibatch whose prompts are all empty re-pads to one (padding) prompt column, so the causal
+    forward still has the position that predicts the first response token."""
+    from feedback_lm.rollout import Rollout
+
+    module, _ = _module()
+    eos = module.policy.eos_token_id
+    rows = [{"prompt_ids": torch.zeros(0, dtype=torch.long), "response_ids": torch.tensor([5, 6, eos])},
+            {"prompt_ids": torch.zeros(0, dtype=torch.long), "response_ids": torch.tensor([7, eos])}]
+    mb = Rollout.collate(rows, pad_token_id=module.policy.pad_token_id)
+    assert mb.prompt_ids.shape == (2, 1) and not mb.prompt_mask.any()
+    logprobs, values, _ = module._logprobs_values(mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
+    assert logprobs.shape == (2, 3) and torch.isfinite(logprobs).all()
+
+
+def test_ptx_defaults_give_instructgpt_ratio():
+    """InstructGPT: one inner epoch, so the realised pretraining ratio is ptx_ratio (8x) episodes."""
+    cfg = compose(["algo=ppo_ptx"])
+    assert cfg.algo.ppo_epochs == 1 and cfg.algo.ptx_ratio == 8
+
+
+def test_argument_ranges_are_checked():
+    for bad, name in [("algo.kl_coef=-1", "algo.kl_coef"), ("algo.top_p=0", "algo.top_p"),
+                      ("algo.normalize_samples=1", "algo.normalize_samples"), ("algo.cliprange=0", "algo.cliprange")]:
+        with pytest.raises(Exception, match=name):
+            _module([bad])
