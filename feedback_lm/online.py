@@ -3,9 +3,12 @@
 - :func:`sample_and_score`: sample ``k`` responses per prompt and score them with the ``reward=`` function,
   into a :class:`~feedback_lm.rollout.Rollout` (with the sampling log-probs and, when asked, the
   reference log-probs), ready for the rollout buffer.
+- :func:`require_reward`, :func:`task_batch`: an online plugin's inputs, refused with one clear message
+  when they are missing or of the wrong kind.
 - :func:`score_responses`: call a reward function and check what it returns (one finite float per response).
 - :func:`sequence_logprobs`: the summed log-probability of GIVEN response texts (DPO; any scorer).
-- :func:`validate_greedy`: the held-out metrics of a sampling algorithm (``val/accuracy``, ``val/score``).
+- :func:`validate`: the held-out metrics of a sampling algorithm (``val/accuracy``, ``val/score``, and the
+  same of one sample per prompt: ``val/sampled_accuracy``, ``val/sampled_score``).
 - :func:`optimizer_step`: several optimizer steps inside ONE Lightning training step, so that one
   training step is one iteration (``trainer.max_steps``, checkpoints every N steps and LR schedules
   count iterations, not minibatches).
@@ -23,10 +26,28 @@ import torch
 
 from feedback_lm import ops
 from feedback_lm.errors import UserError
-from feedback_lm.evaluation import greedy_eval
+from feedback_lm.evaluation import exact_match
 from feedback_lm.policy import Policy
 from feedback_lm.reference import reference_logprobs
 from feedback_lm.rollout import Rollout
+
+
+def require_reward(reward: Callable | None, algo: str) -> Callable:
+    """The ``reward=`` function a plugin was given, or a :class:`UserError` that says how to give one."""
+    if reward is None:
+        raise UserError(f"algo={algo} needs a reward: reward=verifier, reward=model reward.path=<run>/model, or "
+                        f"reward=callable reward.fn=<module.function>")
+    return reward
+
+
+def task_batch(batch: Any, algo: str) -> tuple[list[str], list[str | None]]:
+    """``(prompts, targets)`` of a task batch (``{"prompt": [...], "target": [...]}``; targets None when the
+    data has none), or a :class:`UserError` naming the data option when the batch is of another kind."""
+    if not isinstance(batch, dict) or "prompt" not in batch:
+        raise UserError(f"algo={algo} samples answers to prompts: use task data (e.g. data=word_sorting), "
+                        f"not data=comparisons")
+    prompts = list(batch["prompt"])
+    return prompts, list(batch.get("target") or [None] * len(prompts))
 
 
 def score_responses(reward_fn: Callable, prompts: Sequence[str], responses: Sequence[str],
@@ -99,19 +120,38 @@ def sequence_logprobs(policy: Policy, prompts: Sequence[str], responses: Sequenc
 
 
 @torch.no_grad()
-def validate_greedy(module: Any, policy: Policy, reward_fn: Callable, batch: dict[str, list[str]],
-                    max_new_tokens: int) -> list[str]:
-    """Greedy answers to a validation batch; logs ``val/accuracy`` (normalised exact match, when the
-    rows have targets) and ``val/score`` (the reward function's mean) on ``module``. Returns the answers."""
-    prompts = batch["prompt"]
-    targets = batch.get("target") or [None] * len(prompts)
-    outputs, correct = greedy_eval(policy, prompts, [t or "" for t in targets], max_new_tokens, module.device)
+def validate(module: Any, policy: Policy, reward_fn: Callable, batch: dict[str, list[str]], batch_idx: int,
+             max_new_tokens: int, sampled_temperature: float | None = None, top_k: int = 0, top_p: float = 1.0,
+             fast: bool = False) -> tuple[list[str], torch.Tensor]:
+    """Held-out metrics of a sampling algorithm, logged on ``module``: greedy ``val/accuracy`` (normalised
+    exact match, when the rows have targets) and ``val/score`` (the reward's mean); with
+    ``sampled_temperature`` also ``val/sampled_accuracy`` and ``val/sampled_score`` of one sample per prompt
+    at that temperature (the distribution the algorithm optimises), seeded by ``batch_idx`` so that every
+    evaluation draws the same samples, without moving the training RNG.
+
+    Returns:
+        the greedy answers and their scores ``[B]``.
+    """
+    prompts, targets = task_batch(batch, "validation")
     n = len(prompts)
-    if targets[0] is not None:
-        module.log("val/accuracy", correct.mean().to(module.device), batch_size=n, sync_dist=True, prog_bar=True)
+    outputs = policy.generate_text(prompts, max_new_tokens=max_new_tokens, do_sample=False, fast=fast)
     scores = score_responses(reward_fn, prompts, outputs, targets, module.device)
     module.log("val/score", scores.mean(), batch_size=n, sync_dist=True)
-    return outputs
+    if targets[0] is not None:
+        module.log("val/accuracy", exact_match(outputs, targets).mean().to(module.device), batch_size=n,
+                   sync_dist=True, prog_bar=True)
+    if sampled_temperature is not None:
+        devices = [module.device] if module.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(10_007 + batch_idx)
+            sampled = policy.generate_text(prompts, max_new_tokens=max_new_tokens, do_sample=True,
+                                           temperature=sampled_temperature, top_k=top_k, top_p=top_p, fast=fast)
+        sampled_scores = score_responses(reward_fn, prompts, sampled, targets, module.device)
+        module.log("val/sampled_score", sampled_scores.mean(), batch_size=n, sync_dist=True)
+        if targets[0] is not None:
+            module.log("val/sampled_accuracy", exact_match(sampled, targets).mean().to(module.device),
+                       batch_size=n, sync_dist=True)
+    return outputs, scores
 
 
 def optimizer_step(module: Any, optimizer: Any, last: bool) -> None:

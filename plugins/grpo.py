@@ -23,7 +23,8 @@ Run: ``python train.py algo=grpo`` (the task's verifier as reward; start from an
 
 Logs: ``train/loss``, ``rollout/score_mean``, ``rollout/accuracy``, ``grpo/kl`` (mean k3 per token),
 ``grpo/clipfrac``, ``grpo/zero_std_groups`` (share of groups whose rewards are all equal: no signal);
-``val/accuracy`` (greedy), ``val/score``.
+``val/accuracy`` (greedy), ``val/score``,
+``val/sampled_accuracy`` and ``val/sampled_score`` (one seeded sample per held-out prompt).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from feedback_lm.checks import check_args
 from feedback_lm.errors import UserError
 from feedback_lm.evaluation import exact_match
 from feedback_lm.models import ModelConfig
-from feedback_lm.online import optimizer_step, sample_and_score, validate_greedy
+from feedback_lm.online import optimizer_step, require_reward, sample_and_score, task_batch, validate
 from feedback_lm.optim import build_adamw
 from feedback_lm.policy import Policy
 from feedback_lm.reference import frozen_reference, save_policy
@@ -119,6 +120,7 @@ class GRPO(L.LightningModule):
         num_iterations: μ, passes over each rollout. minibatch_size: episodes per optimizer step (null = all).
         lr, weight_decay, max_grad_norm: AdamW, constant LR.
         temperature, max_new_tokens: sampling; log-probs use the same temperature.
+        eval_sampled: validation also draws one seeded sample per held-out prompt at the temperature.
     """
 
     DATA_KIND: ClassVar[str] = "tasks"
@@ -128,7 +130,7 @@ class GRPO(L.LightningModule):
                  num_iterations: int = 1, minibatch_size: int | None = None, lr: float = 1e-6,
                  weight_decay: float = 0.0, max_grad_norm: float | None = 1.0, temperature: float = 1.0,
                  max_new_tokens: int = 32, forward_batch_size: int = 64, fast_generation: bool = False,
-                 eval_max_new_tokens: int = 64):
+                 eval_max_new_tokens: int = 64, eval_sampled: bool = True):
         super().__init__()
         check_args("algo", group_size=(group_size, ">= 2"), beta=(beta, ">= 0"), clip=(clip, "(0, 1)"),
                    num_iterations=(num_iterations, ">= 1"), minibatch_size=(minibatch_size, ">= 1"), lr=(lr, "> 0"),
@@ -139,12 +141,9 @@ class GRPO(L.LightningModule):
             raise UserError(f"algo.scale_rewards={scale_rewards!r}: use one of {SCALE_REWARDS}")
         if aggregate not in AGGREGATES:
             raise UserError(f"algo.aggregate={aggregate!r}: use one of {AGGREGATES}")
-        if reward is None:
-            raise UserError("GRPO needs a reward: reward=verifier, reward=model reward.path=<run>/model, or "
-                            "reward=callable reward.fn=<module.function>")
         self.model_config = ModelConfig.coerce(policy)
         self.model_config.dropout = 0.0
-        self.reward_fn = reward
+        self.reward_fn = require_reward(reward, "grpo")
         self.save_hyperparameters(ignore=["reward"])  # the reward is an object: rebuilt from the config
         self.hparams.policy = self.model_config.to_dict()
         self.automatic_optimization = False
@@ -162,8 +161,7 @@ class GRPO(L.LightningModule):
 
     def training_step(self, batch: dict[str, list[str]], batch_idx: int) -> None:
         hp = self.hparams
-        prompts = batch["prompt"]
-        targets = batch.get("target") or [None] * len(prompts)
+        prompts, targets = task_batch(batch, "grpo")
         # 1. collect + 2. score: G samples per prompt, their scores, rollout (and reference) log-probs
         ro = sample_and_score(self.policy, prompts, targets, self.reward_fn, hp.group_size,
                               max_new_tokens=hp.max_new_tokens, temperature=hp.temperature, fast=hp.fast_generation,
@@ -202,7 +200,9 @@ class GRPO(L.LightningModule):
                       batch_size=n)
 
     def validation_step(self, batch: dict[str, list[str]], batch_idx: int) -> None:
-        validate_greedy(self, self.policy, self.reward_fn, batch, self.hparams.eval_max_new_tokens)
+        hp = self.hparams
+        validate(self, self.policy, self.reward_fn, batch, batch_idx, hp.eval_max_new_tokens,
+                 hp.temperature if hp.eval_sampled else None, fast=hp.fast_generation)
 
     def configure_optimizers(self):
         return build_adamw(self.parameters(), self.hparams.lr, self.hparams.weight_decay)

@@ -44,7 +44,7 @@ from feedback_lm.errors import UserError
 from feedback_lm.evaluation import exact_match
 from feedback_lm.kl import build_kl_controller
 from feedback_lm.models import ModelConfig, ScalarHead
-from feedback_lm.online import optimizer_step, score_responses
+from feedback_lm.online import optimizer_step, require_reward, score_responses, task_batch, validate
 from feedback_lm.optim import lr_factor
 from feedback_lm.policy import Policy
 from feedback_lm.ptx import PtxStream
@@ -261,16 +261,13 @@ class PPO(L.LightningModule):
             raise UserError(f"algo.reward_normalization={reward_normalization!r}: use one of {REWARD_NORMALIZATIONS}")
         if schedule not in ("linear", "constant"):
             raise UserError(f"algo.schedule={schedule!r}: use 'linear' (LHP) or 'constant' (InstructGPT)")
-        if reward is None:
-            raise UserError("PPO needs a reward: reward=verifier, reward=model reward.path=<run>/model, or "
-                            "reward._target_=<your callable>")
         self.model_config = ModelConfig.coerce(policy)
         self.model_config.dropout = 0.0  # "no dropout for policy training" (Ziegler et al. 2019)
         if top_k or top_p < 1.0:
             rank_zero_warn(f"algo.top_k={top_k} / algo.top_p={top_p} truncate the sampling distribution, while the "
                            f"PPO ratio and the KL use the full softmax at the temperature; the samples are then "
                            f"off-policy for both. Use top_k=0 top_p=1.0 unless you mean it.")
-        self.reward_fn = reward
+        self.reward_fn = require_reward(reward, "ppo")
         self.save_hyperparameters(ignore=["reward"])
         self.hparams.policy = self.model_config.to_dict()
         self.kl_ctl = build_kl_controller(kl_controller, kl_coef, kl_target, kl_horizon)
@@ -504,7 +501,7 @@ class PPO(L.LightningModule):
         iteration = self.global_step
         beta = self.kl_ctl.value  # the β in this rollout's rewards
         refit_stats = self._maybe_refit(iteration)
-        rollout, stats = self.make_rollout(batch["prompt"], batch.get("target") or [None] * len(batch["prompt"]))
+        rollout, stats = self.make_rollout(*task_batch(batch, "ppo"))
         self.buffer.clear()
         self.buffer.add(rollout)
 
@@ -609,29 +606,11 @@ class PPO(L.LightningModule):
     # ------------------------------------------------------------------------------------ validation
     def validation_step(self, batch: dict[str, list[str]], batch_idx: int) -> None:
         hp = self.hparams
-        prompts, targets = batch["prompt"], batch.get("target") or [None] * len(batch["prompt"])
-        sampled = None
         with self._ema_weights():
-            outputs = self.policy.generate_text(prompts, max_new_tokens=hp.eval_max_new_tokens, do_sample=False,
-                                                fast=hp.fast_generation)
-            if hp.eval_sampled:  # what PPO optimises: one sample per held-out prompt at the training temperature
-                devices = [self.device] if self.device.type == "cuda" else []
-                with torch.random.fork_rng(devices=devices):  # the same draws every evaluation; training's RNG
-                    torch.manual_seed(10_007 + batch_idx)      # is left where it was
-                    sampled = self.policy.generate_text(prompts, max_new_tokens=hp.eval_max_new_tokens,
-                                                        do_sample=True, temperature=hp.temperature, top_k=hp.top_k,
-                                                        top_p=hp.top_p, fast=hp.fast_generation)
-        correct = exact_match(outputs, targets) if targets[0] is not None else torch.zeros(len(outputs))
-        scores = score_responses(self.reward_fn, prompts, outputs, targets, self.device)
-        n = len(outputs)
-        self.log("val/accuracy", correct.mean().to(self.device), batch_size=n, sync_dist=True, prog_bar=True)
-        self.log("val/score", scores.mean(), batch_size=n, sync_dist=True)
-        if sampled is not None:
-            if targets[0] is not None:
-                self.log("val/sampled_accuracy", exact_match(sampled, targets).mean().to(self.device), batch_size=n,
-                         sync_dist=True)
-            sampled_scores = score_responses(self.reward_fn, prompts, sampled, targets, self.device)
-            self.log("val/sampled_score", sampled_scores.mean(), batch_size=n, sync_dist=True)
+            outputs, scores = validate(self, self.policy, self.reward_fn, batch, batch_idx, hp.eval_max_new_tokens,
+                                       hp.temperature if hp.eval_sampled else None, hp.top_k, hp.top_p,
+                                       hp.fast_generation)
+        prompts, targets = task_batch(batch, "ppo")
         if batch_idx == 0:
             k = hp.num_samples_shown
             self._samples = [{"prompt": p, "output": o, "target": t, "score": round(float(s), 3)}

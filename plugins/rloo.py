@@ -16,7 +16,8 @@ Run: ``python train.py algo=rloo`` (the task's verifier as reward; start from an
 ``model.name_or_path=<sft run>/model``, since a model that never answers right gets no signal).
 
 Logs: ``train/loss``, ``rollout/score_mean``, ``rollout/accuracy``, ``rloo/kl`` (mean sequence KL to the
-reference), ``rloo/advantage_std``, ``rloo/lr``; ``val/accuracy`` (greedy), ``val/score``.
+reference), ``rloo/advantage_std``, ``rloo/lr``; ``val/accuracy`` (greedy), ``val/score``,
+``val/sampled_accuracy`` and ``val/sampled_score`` (one seeded sample per held-out prompt).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from feedback_lm.checks import check_args
 from feedback_lm.errors import UserError
 from feedback_lm.evaluation import exact_match
 from feedback_lm.models import ModelConfig
-from feedback_lm.online import optimizer_step, sample_and_score, validate_greedy
+from feedback_lm.online import optimizer_step, require_reward, sample_and_score, task_batch, validate
 from feedback_lm.optim import build_adamw
 from feedback_lm.policy import Policy
 from feedback_lm.reference import frozen_reference, save_policy
@@ -94,6 +95,7 @@ class RLOO(L.LightningModule):
         ppo_epochs: passes over each rollout (1 = on-policy REINFORCE); clip: ε of the clipped ratio when > 1.
         minibatch_size: episodes per optimizer step (null = the whole rollout).
         temperature, max_new_tokens: sampling; log-probs use the same temperature.
+        eval_sampled: validation also draws one seeded sample per held-out prompt at the temperature.
     """
 
     DATA_KIND: ClassVar[str] = "tasks"
@@ -102,19 +104,16 @@ class RLOO(L.LightningModule):
                  lr: float = 1e-5, weight_decay: float = 0.0, max_grad_norm: float | None = 1.0, ppo_epochs: int = 1,
                  clip: float = 0.2, minibatch_size: int | None = None, temperature: float = 1.0,
                  max_new_tokens: int = 32, forward_batch_size: int = 64, fast_generation: bool = False,
-                 eval_max_new_tokens: int = 64):
+                 eval_max_new_tokens: int = 64, eval_sampled: bool = True):
         super().__init__()
         check_args("algo", k=(k, ">= 2"), beta=(beta, ">= 0"), lr=(lr, "> 0"), weight_decay=(weight_decay, ">= 0"),
                    max_grad_norm=(max_grad_norm, "> 0"), ppo_epochs=(ppo_epochs, ">= 1"), clip=(clip, "(0, 1)"),
                    minibatch_size=(minibatch_size, ">= 1"), temperature=(temperature, "> 0"),
                    max_new_tokens=(max_new_tokens, ">= 1"), forward_batch_size=(forward_batch_size, ">= 1"),
                    eval_max_new_tokens=(eval_max_new_tokens, ">= 1"))
-        if reward is None:
-            raise UserError("RLOO needs a reward: reward=verifier, reward=model reward.path=<run>/model, or "
-                            "reward=callable reward.fn=<module.function>")
         self.model_config = ModelConfig.coerce(policy)
         self.model_config.dropout = 0.0
-        self.reward_fn = reward
+        self.reward_fn = require_reward(reward, "rloo")
         self.save_hyperparameters(ignore=["reward"])  # the reward is an object: rebuilt from the config
         self.hparams.policy = self.model_config.to_dict()
         self.automatic_optimization = False
@@ -132,8 +131,7 @@ class RLOO(L.LightningModule):
 
     def training_step(self, batch: dict[str, list[str]], batch_idx: int) -> None:
         hp = self.hparams
-        prompts = batch["prompt"]
-        targets = batch.get("target") or [None] * len(prompts)
+        prompts, targets = task_batch(batch, "rloo")
         # 1. collect + 2. score: k samples per prompt, their scores, rollout and reference log-probs
         ro = sample_and_score(self.policy, prompts, targets, self.reward_fn, hp.k, max_new_tokens=hp.max_new_tokens,
                               temperature=hp.temperature, fast=hp.fast_generation, ref=self.ref,
@@ -168,7 +166,9 @@ class RLOO(L.LightningModule):
                        "rloo/lr": torch.tensor(opt.optimizer.param_groups[0]["lr"])}, batch_size=n)
 
     def validation_step(self, batch: dict[str, list[str]], batch_idx: int) -> None:
-        validate_greedy(self, self.policy, self.reward_fn, batch, self.hparams.eval_max_new_tokens)
+        hp = self.hparams
+        validate(self, self.policy, self.reward_fn, batch, batch_idx, hp.eval_max_new_tokens,
+                 hp.temperature if hp.eval_sampled else None, fast=hp.fast_generation)
 
     def configure_optimizers(self):
         return build_adamw(self.parameters(), self.hparams.lr, self.hparams.weight_decay)

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 
 from feedback_lm.data.comparisons import Comparison
 from feedback_lm.errors import UserError
-from feedback_lm.testing import check_plugin, compose
+from feedback_lm.testing import Learns, check_plugin, compose
 from plugins.dpo import DPO, dpo_loss, dpo_pair_loss, implicit_reward_stats, plackett_luce_loss
 
 PAIR = [[[0], [1]]]  # answer 0 preferred to answer 1
@@ -147,3 +147,10 @@ def test_variants_train_on_generated_comparisons(variant):
 
 def test_check_plugin_both_families():
     check_plugin("dpo", overrides=["data=comparisons", "algo.lr=1e-3", "algo.warmup_steps=0"])
+
+
+def test_behavioural_check_raises_the_implicit_reward_margin():
+    """The opt-in check on comparisons: the implicit-reward margin must rise over a short run."""
+    out = check_plugin("dpo", models=(), overrides=["data=comparisons", "algo.warmup_steps=0"],
+                       learns=Learns("dpo/reward_margin", ["algo.lr=1e-3"], steps=12))
+    assert out["learns"]["last"] > out["learns"]["first"]

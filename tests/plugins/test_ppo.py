@@ -565,7 +565,7 @@ def test_minibatch_of_empty_prompts_does_not_crash():
             {"prompt_ids": torch.zeros(0, dtype=torch.long), "response_ids": torch.tensor([7, eos])}]
     mb = Rollout.collate(rows, pad_token_id=module.policy.pad_token_id)
     assert mb.prompt_ids.shape == (2, 1) and not mb.prompt_mask.any()
-    logprobs, values, _ = module._logprobs_values(mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
+    logprobs, _, _ = module._logprobs_values(mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
     assert logprobs.shape == (2, 3) and torch.isfinite(logprobs).all()
 
 

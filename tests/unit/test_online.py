@@ -87,3 +87,15 @@ def test_lora_reference_is_the_policy_with_adapters_off():
     after_policy = policy.logprobs(*enc.values()).detach()
     torch.testing.assert_close(reference_logprobs(policy, None, *enc.values()), before)
     assert (after_policy - before).abs().max() > 1e-3
+
+
+def test_require_reward_and_task_batch_refuse_with_the_option_to_use():
+    from feedback_lm.data.comparisons import Comparison
+    from feedback_lm.online import require_reward, task_batch
+
+    with pytest.raises(UserError, match="algo=rloo needs a reward: reward=verifier"):
+        require_reward(None, "rloo")
+    assert task_batch({"prompt": ["a", "b"], "target": ["x", "y"]}, "grpo") == (["a", "b"], ["x", "y"])
+    assert task_batch({"prompt": ["a"]}, "grpo") == (["a"], [None])
+    with pytest.raises(UserError, match="not data=comparisons"):
+        task_batch([Comparison(prompt="p", responses=["a", "b"], tiers=[[0], [1]])], "grpo")
