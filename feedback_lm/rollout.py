@@ -1,6 +1,6 @@
 """The shared rollout buffer: `Rollout` (one padded batch of episodes) and `RolloutBuffer` (rows of them).
 
-Every online algorithm moves sampled episodes through these two types (DESIGN.md §4):
+Every online algorithm moves sampled episodes through these two types (see plugins/README.md):
 
 - `Rollout` is a padded batch with named, shape-documented fields. Prompts are LEFT-padded (so a causal
   model's generation continues right after the last prompt token) and responses are RIGHT-padded and cut

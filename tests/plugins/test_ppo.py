@@ -1,4 +1,4 @@
-"""PPO and PPO-ptx: spec §3.9 and §4.5 tests, plus the module-level contract.
+"""PPO and PPO-ptx: the hand-computed cases of the LHP port and of InstructGPT's ptx mixing, plus the module-level contract.
 
 (§3.9 #1 compute_rewards, #2 GAE, #3 whitening and #6 the adaptive controller are in tests/unit/test_ops.py
 and test_kl.py; #9 generation/forward alignment is in tests/unit/test_policy.py.)
@@ -133,7 +133,7 @@ def test_ema_update_spec_formula():
     assert torch.allclose(ema[0], 0.992 * torch.tensor([1.0, 2.0]) + 0.008 * torch.tensor([3.0, -1.0]))
 
 
-# ------------------------------------------------------------------ reward normalisation (spec §2.a, §3.1)
+# ------------------------------------------------------------------ reward normalisation (Ziegler et al. 2019)
 def test_uninformative_score_with_nonzero_mean_biases_towards_stopping():
     """Why PPO normalises the score: with the zero-initialised value head, a CONSTANT score c (no
     information at all) still leaves GAE's residual λ^(T-t)·c in the advantages. With c > 0 the last

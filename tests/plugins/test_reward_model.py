@@ -1,4 +1,4 @@
-"""Reward modelling: spec §2.d tests on the pure functions, the read-out, and the plugin contract."""
+"""Reward modelling: the hand-computed cases on the pure functions, the read-out, and the plugin contract."""
 
 import math
 
