@@ -86,3 +86,11 @@ def test_readme_example_runs_from_outside_the_repo(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["trainer/global_step"] == 3
     assert 0.0 <= metrics["rollout/score_mean"] <= 1.0
+
+
+def test_check_plugin_accepts_several_optimizer_steps_per_training_step(tmp_path, monkeypatch):
+    """A plugin that calls opt.step() twice per training step (global_step advances by 2) still passes
+    save -> resume."""
+    root = _write_example(tmp_path / "my_algos", "        opt.step()\n", "        opt.step()\n        opt.step()\n")
+    monkeypatch.syspath_prepend(str(root))
+    check_plugin("reinforce", models=("tiny-gpt2",), config_dir=root / "conf", overrides=FAST)
