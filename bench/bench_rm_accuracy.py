@@ -86,7 +86,7 @@ def accuracy_by_kind(model_dir: Path, train_path: Path, heldout_path: Path, devi
     with torch.no_grad():
         for i in range(0, len(rows), 64):
             batch = rows[i:i + 64]
-            r = rm._batch_rewards(batch)
+            r = rm.batch_rewards(batch)
             for b, c in enumerate(batch):
                 scores = c.meta["scores"]
                 novel = word_set(c.prompt) not in seen_sets

@@ -4,7 +4,10 @@ Every ``every`` PPO iterations: sample ``k`` completions for ``prompts`` fresh t
 CURRENT policy, label them with the labeler (the simulated one by default; anything implementing
 :class:`feedback_lm.labelers.Labeler`), append them to the comparison set (written to
 ``<run dir>/online_labels.jsonl``), refit the reward model (a fresh scalar head, ``epochs`` passes over ALL
-labels so far with the ranking loss) and continue PPO with it. The labels the reward model was first
+labels so far with the ranking loss) and continue PPO with it. Every refit starts again from the
+reward model's backbone as it was loaded (Ziegler et al. 2019 retrain "a fresh random head on top of
+the initial model" each time; our initial model is the reward model the run started with, whose
+backbone may differ from the policy's, so we keep its weights rather than the policy's). The labels the reward model was first
 trained on can seed the set (``initial_labels``), so a refit never forgets them.
 
 **People instead of the simulated labeler** (``campaign: <dir>``, a campaign made with
@@ -26,7 +29,7 @@ import torch
 
 from feedback_lm.data.comparisons import Comparison, load_comparisons, write_comparisons
 from feedback_lm.errors import UserError
-from feedback_lm.models import ScalarHead
+from feedback_lm.reward_head import RewardScorer, pairwise_accuracy, ranking_loss
 
 
 @dataclass
@@ -48,22 +51,17 @@ class RefitConfig:
     seed: int = 0
 
 
-def refit_reward_model(rm, comparisons: Sequence[Comparison], epochs: int = 1, lr: float = 3e-4,
+def refit_reward_model(rm: RewardScorer, comparisons: Sequence[Comparison], epochs: int = 1, lr: float = 3e-4,
                        batch_size: int = 16, seed: int = 0) -> dict[str, float]:
-    """Refit ``rm`` (a ``plugins.reward_model.RewardModel``) on ``comparisons``: a fresh head, then
-    ``epochs`` shuffled passes with the ranking loss (all C(K,2) pairs per prompt; spec §2.b).
+    """Refit ``rm`` (a :class:`feedback_lm.reward_head.RewardScorer`) on ``comparisons``: a fresh head,
+    then ``epochs`` shuffled passes with the ranking loss (all C(K,2) pairs per prompt, InstructGPT §3.5).
 
     Returns:
         ``{"loss": last epoch's mean loss, "accuracy": pairwise accuracy on the set after the refit}``.
     """
-    from plugins.reward_model import pairwise_accuracy, ranking_loss
-
     if not comparisons:
         raise UserError("reward-model refit: no comparisons to fit")
-    device = next(rm.parameters()).device
-    rm.head = ScalarHead(rm.policy.hidden_size, init="normal").to(device)
-    rm.gain.fill_(1.0)
-    rm.bias.fill_(0.0)
+    rm.reset_head()
     params = [p for p in rm.parameters() if p.requires_grad] or None
     if params is None:  # loaded frozen for scoring: the refit trains the whole model again
         rm.requires_grad_(True)
@@ -72,14 +70,14 @@ def refit_reward_model(rm, comparisons: Sequence[Comparison], epochs: int = 1, l
     rng = random.Random(seed)
     order = list(range(len(comparisons)))
     was_training = rm.training
-    rm.eval()  # dropout off (spec §0.5); gradients still flow
+    rm.eval()  # dropout off (Ziegler et al. 2019); gradients still flow
     losses: list[float] = []
     for _ in range(epochs):
         rng.shuffle(order)
         losses = []
         for s in range(0, len(order), batch_size):
             batch = [comparisons[i] for i in order[s: s + batch_size]]
-            loss = ranking_loss(rm._batch_rewards(batch), [c.tiers for c in batch])
+            loss = ranking_loss(rm.batch_rewards(batch), [c.tiers for c in batch])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -89,7 +87,7 @@ def refit_reward_model(rm, comparisons: Sequence[Comparison], epochs: int = 1, l
     with torch.no_grad():
         for s in range(0, len(comparisons), 64):
             batch = list(comparisons[s: s + 64])
-            c, t = pairwise_accuracy(rm._batch_rewards(batch), [x.tiers for x in batch])
+            c, t = pairwise_accuracy(rm.batch_rewards(batch), [x.tiers for x in batch])
             correct, total = correct + c, total + t
     rm.train(was_training)
     return {"loss": sum(losses) / max(1, len(losses)), "accuracy": correct / max(1, total)}
@@ -108,6 +106,7 @@ class OnlineRefitter:
         self.out = Path(run_dir) / "online_labels.jsonl"
         self.comparisons: list[Comparison] = list(load_comparisons(cfg.initial_labels)) if cfg.initial_labels else []
         self.initial = list(self.comparisons)
+        self.initial_backbone = {k: v.detach().cpu().clone() for k, v in reward_fn.model.policy.state_dict().items()}
         self.num_initial = len(self.comparisons)
         self.store = None
         if cfg.campaign:
@@ -165,6 +164,7 @@ class OnlineRefitter:
         cfg = self.cfg
         if not self.comparisons:  # every sample so far tied (e.g. all wrong): nothing to learn from yet
             return {"loss": float("nan"), "accuracy": float("nan")}
+        self.reward_fn.model.policy.load_state_dict(self.initial_backbone)  # a fresh start, not a fine-tune
         with torch.enable_grad():
             return refit_reward_model(self.reward_fn.model, self.comparisons, cfg.epochs, cfg.lr, cfg.batch_size,
                                       seed=self.rng.randrange(2**31))

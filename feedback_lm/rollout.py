@@ -1,6 +1,6 @@
 """The shared rollout buffer: `Rollout` (one padded batch of episodes) and `RolloutBuffer` (rows of them).
 
-Every online algorithm moves sampled episodes through these two types (DESIGN.md §4):
+Every online algorithm moves sampled episodes through these two types (see plugins/README.md):
 
 - `Rollout` is a padded batch with named, shape-documented fields. Prompts are LEFT-padded (so a causal
   model's generation continues right after the last prompt token) and responses are RIGHT-padded and cut
@@ -45,6 +45,7 @@ class Rollout:
         values: ``[B, R]`` float, per-token value estimates at sampling time.
         rewards: ``[B, R]`` float, per-token rewards (PPO: ``-β·kl`` plus the score on the last token).
         scores: ``[B]`` per-sample scalar (reward-model score, verifier result, correctness value).
+        advantages: ``[B]`` per-sample advantage of sequence-level algorithms (RLOO, GRPO), detached.
         prompt: ``B`` prompt texts.
         response: ``B`` response texts.
         instruction: ``B`` instructions (HIR relabels these).
@@ -69,11 +70,12 @@ class Rollout:
     instruction: Optional[list[str]] = None
     feedback: Optional[list[Any]] = None
     target: Optional[list[str]] = None
+    advantages: Optional[Tensor] = None
 
     #: Per-token float fields, ``[B, R]``, aligned with ``response_ids`` and padded on the right.
     TOKEN_FIELDS: ClassVar[tuple[str, ...]] = ("logprobs", "ref_logprobs", "values", "rewards")
     #: Per-sample tensor fields, ``[B]``.
-    SAMPLE_FIELDS: ClassVar[tuple[str, ...]] = ("scores",)
+    SAMPLE_FIELDS: ClassVar[tuple[str, ...]] = ("scores", "advantages")
     #: Per-sample Python lists, length ``B``.
     TEXT_FIELDS: ClassVar[tuple[str, ...]] = ("prompt", "response", "instruction", "feedback", "target")
 
@@ -248,7 +250,8 @@ class Rollout:
         device = rows[0]["prompt_ids"].device
         prompt_lens = torch.tensor([len(r["prompt_ids"]) for r in rows], device=device).unsqueeze(1)
         response_lens = torch.tensor([len(r["response_ids"]) for r in rows], device=device).unsqueeze(1)
-        prompt_mask = _left_mask(prompt_lens, max(widths[0], int(prompt_lens.max())))
+        # at least one (padding) prompt column: a causal forward reads the position before the response
+        prompt_mask = _left_mask(prompt_lens, max(1, widths[0], int(prompt_lens.max())))
         response_mask = _right_mask(response_lens, max(widths[1], int(response_lens.max())))
 
         fields: dict[str, Any] = {

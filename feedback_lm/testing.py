@@ -1,20 +1,32 @@
-"""The plugin contract test (DESIGN §3), for our plugins and for plugin authors.
+"""The plugin contract test, for our plugins and for plugin authors (see plugins/README.md).
 
-    from feedback_lm.testing import check_plugin
+    from feedback_lm.testing import Learns, check_plugin
     check_plugin("my_algo", config_dir="~/my_algos/conf")        # in a pytest test of your own
+    check_plugin("my_algo", config_dir=..., learns=Learns("rollout/score_mean", ["algo.lr=1e-3"]))
 
 composes the real config (``conf/train.yaml`` with ``algo=<name>``), runs a few steps on the CPU with
-each tiny architecture, and asserts: the loss and every logged metric are finite, metric keys are
-``<phase>/<name>``, trainable parameters changed, and save -> resume restores the weights and the
-step counter.
+each tiny architecture, and asserts: the hyperparameters are plain data (an object such as the reward
+function must be left out with ``save_hyperparameters(ignore=["reward"])``, or every resume fails), the
+loss and every logged metric are finite, metric keys are ``<phase>/<name>``, trainable parameters
+changed, and save -> resume restores the weights and the step counter. A plugin may take several
+optimizer steps per training step (use :func:`feedback_lm.online.optimizer_step` so that one training
+step stays one iteration).
+
+Online plugins (their YAML takes ``reward: ${reward}``) are checked with ``reward=letters``
+(:class:`LetterReward`): against the task's verifier an untrained model scores 0 everywhere, every
+advantage is 0 and a correct algorithm would not move. That contract is about wiring; the opt-in
+behavioural check (``learns=``) is about the maths: a named metric must rise over a short run, which a
+flipped loss sign, a reference that is the policy itself or a flipped advantage would not do.
 """
 
 from __future__ import annotations
 
+import csv
 import math
 import re
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,50 +56,91 @@ def compose(overrides: Sequence[str] = (), config_dir: str | Path | None = None)
         return hydra_compose(config_name="train", overrides=[*extra, *overrides])
 
 
+class LetterReward:
+    """A toy reward with a signal from the first step: the share of lowercase ASCII letters in the
+    response (0 for an empty one). An untrained byte-level model emits about 1 in 10; an algorithm that
+    follows it learns to emit more within a few dozen steps on the CPU."""
+
+    def __call__(self, prompts, responses, targets=None) -> torch.Tensor:
+        return torch.tensor([sum("a" <= c <= "z" for c in r) / len(r) if r else 0.0 for r in responses])
+
+
+@dataclass
+class Learns:
+    """The opt-in behavioural check: over ``steps`` training steps on ``model`` with ``overrides`` (e.g.
+    a larger learning rate), the mean of ``metric`` over the last third of the logged steps must exceed
+    its mean over the first third by more than ``min_gain``.
+
+    Good choices: ``rollout/score_mean`` for a reward-maximising plugin (checked against
+    :class:`LetterReward`), the implicit-reward margin or accuracy for a preference plugin.
+    """
+
+    metric: str
+    overrides: Sequence[str] = ()
+    steps: int = 24
+    model: str = "tiny-gpt2"
+    min_gain: float = 0.0
+
+
 def check_plugin(algo: str, models: Sequence[str] = ("tiny-t5", "tiny-gpt2"), overrides: Sequence[str] = (),
-                 config_dir: str | Path | None = None, steps: int = 2) -> dict[str, dict[str, float]]:
+                 config_dir: str | Path | None = None, steps: int = 2,
+                 learns: Learns | None = None) -> dict[str, dict[str, float]]:
     """Run the plugin contract for ``algo`` on each model; raise ``AssertionError`` on a breach.
 
     Args:
         algo: the ``conf/algo/<algo>.yaml`` name.
         models: model presets to check (both tiny architectures by default).
-        overrides: extra Hydra overrides (e.g. ``["algo.max_new_tokens=8"]``).
+        overrides: extra Hydra overrides (e.g. ``["algo.max_new_tokens=8"]``; ``reward=...`` replaces the
+            toy reward of online plugins).
         config_dir: a user's config directory holding ``algo/<algo>.yaml``.
         steps: training steps before the checkpoint.
+        learns: the behavioural check (see :class:`Learns`), run once after the contract.
 
     Returns:
-        ``{model: logged metrics}`` of the first run per model.
+        ``{model: logged metrics}`` of the first run per model, plus ``{"learns": {"first": .., "last": ..}}``
+        when ``learns`` is given.
     """
     results = {}
     for model in models:
         with tempfile.TemporaryDirectory() as tmp:
             results[model] = _check_one(algo, model, list(overrides), config_dir, steps, Path(tmp))
+    if learns is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            results["learns"] = _check_learns(algo, learns, list(overrides), config_dir, Path(tmp))
     return results
+
+
+def _compose_for(algo, model, overrides, config_dir, tmp: Path):
+    """The composed run config; online plugins get ``reward=letters`` unless the overrides pick a reward."""
+    base = [f"algo={algo}", f"model={model}", f"run_dir={tmp}", *QUICK]
+    cfg = compose([*base, *overrides], config_dir)
+    if "reward" in cfg.algo and not any(o.lstrip("+~").startswith("reward") for o in overrides):
+        cfg = compose([*base, "reward=letters", *overrides], config_dir)
+    return cfg
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, str | int | float | bool)
 
 
 def _check_one(algo, model, overrides, config_dir, steps, tmp: Path) -> dict[str, float]:
     import lightning as L
-    from hydra.utils import instantiate
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from feedback_lm.checkpoint import AtomicCheckpointIO
-
-    cfg = compose([f"algo={algo}", f"model={model}", f"run_dir={tmp}", *QUICK, *overrides], config_dir)
+    cfg = _compose_for(algo, model, overrides, config_dir, tmp)
 
     def build(max_steps: int, callbacks: list):
-        L.seed_everything(cfg.seed, verbose=False)
-        module = instantiate(cfg.algo, _convert_="all")
-        datamodule = instantiate(cfg.data, _convert_="all")
-        logger = L.pytorch.loggers.CSVLogger(str(tmp), name="", version="")
-        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=logger,
-                            callbacks=callbacks, plugins=[AtomicCheckpointIO()], default_root_dir=str(tmp),
-                            limit_val_batches=1, num_sanity_val_steps=0, enable_progress_bar=False,
-                            enable_model_summary=False, val_check_interval=None, check_val_every_n_epoch=None,
-                            log_every_n_steps=1)
-        return module, datamodule, trainer
+        return _build(cfg, max_steps, callbacks, tmp)
 
     ckpt_dir = tmp / "checkpoints"
     module, datamodule, trainer = build(steps, [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0)])
+    bad = sorted(k for k, v in module.hparams.items() if not _plain(v))
+    assert not bad, (f"{algo}: hyperparameters {bad} are objects, not plain data: a checkpoint would pickle them "
+                     f"and every resume would fail. Leave them out: self.save_hyperparameters(ignore={bad})")
     module.configure_model()
     module.configure_model()  # must be idempotent (Lightning may call it again)
     before = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
@@ -109,7 +162,8 @@ def _check_one(algo, model, overrides, config_dir, steps, tmp: Path) -> dict[str
     changed = [n for n, p in before.items() if not torch.equal(p, after[n].detach())]
     assert changed, f"{algo}: no trainable parameter changed after {steps} steps"
 
-    # save -> resume: the weights come back exactly and training continues from the saved step.
+    # save -> resume: the weights come back exactly and training continues from the saved step. One training
+    # step may hold several optimizer steps (it then advances global_step by one per optimizer.step()).
     last = ckpt_dir / "last.ckpt"
     assert last.is_file(), f"{algo}: no checkpoint written at {last}"
     saved_step = trainer.global_step
@@ -128,8 +182,40 @@ def _check_one(algo, model, overrides, config_dir, steps, tmp: Path) -> dict[str
     assert seen.get("step") == saved_step, f"{algo}: resumed at step {seen.get('step')}, saved at {saved_step}"
     assert seen["keys"], f"{algo}: the resumed module has different state_dict keys than the saved one"
     assert seen["equal"], f"{algo}: weights after resume differ from the saved checkpoint"
-    assert trainer2.global_step == saved_step + 1, f"{algo}: training did not continue after resume"
+    assert trainer2.global_step > saved_step, f"{algo}: training did not continue after resume"
     return logged
+
+
+def _build(cfg, max_steps: int, callbacks: list, tmp: Path):
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from feedback_lm.checkpoint import AtomicCheckpointIO
+
+    L.seed_everything(cfg.seed, verbose=False)
+    module = instantiate(cfg.algo, _convert_="all")
+    datamodule = instantiate(cfg.data, _convert_="all")
+    logger = L.pytorch.loggers.CSVLogger(str(tmp), name="", version="")
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=logger, callbacks=callbacks,
+                        plugins=[AtomicCheckpointIO()], default_root_dir=str(tmp), limit_val_batches=1,
+                        num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,
+                        val_check_interval=None, check_val_every_n_epoch=None, log_every_n_steps=1)
+    return module, datamodule, trainer
+
+
+def _check_learns(algo, learns: Learns, overrides, config_dir, tmp: Path) -> dict[str, float]:
+    cfg = _compose_for(algo, learns.model, [*overrides, *learns.overrides], config_dir, tmp)
+    module, datamodule, trainer = _build(cfg, learns.steps, [], tmp)
+    trainer.fit(module, datamodule=datamodule)
+    with open(tmp / "metrics.csv", newline="") as f:
+        history = [float(row[learns.metric]) for row in csv.DictReader(f) if row.get(learns.metric)]
+    assert len(history) >= 3, f"{algo}: metric {learns.metric} was logged {len(history)} times in {learns.steps} steps"
+    third = len(history) // 3
+    first, last = sum(history[:third]) / third, sum(history[-third:]) / third
+    assert last > first + learns.min_gain, (
+        f"{algo}: {learns.metric} did not rise over {learns.steps} steps (first third {first:.4f}, last third "
+        f"{last:.4f}): check the sign of the loss, that the reference is frozen and that advantages point up")
+    return {"first": first, "last": last}
 
 
 def _scalars(metrics) -> dict[str, float]:

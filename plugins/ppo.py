@@ -1,47 +1,56 @@
 """PPO with a KL penalty to a frozen reference (Ziegler et al. 2019) and PPO-ptx (InstructGPT).
 
-Spec: ALGORITHMS.md §3 (PPO, code-exact port of lm-human-preferences) and §4 (PPO-ptx).
+A code-exact port of lm-human-preferences (arXiv 1909.08593, github.com/openai/lm-human-preferences) plus
+PPO-ptx (arXiv 2203.02155 §3.5 Eq. 2, App. C.4). Run: ``python train.py algo=ppo`` (``algo=ppo_ptx``).
 
-One Lightning training step is one PPO *iteration* (spec §3.5)::
+One Lightning training step is one PPO *iteration*::
 
     rollout     sample responses for a batch of prompts (no grad), then one forward pass for the old
                 log-probs and values, one for the reference log-probs, and the reward function's scores
-    rewards     r_t = -β·(log π - log ρ) on every token, plus the score on the last one (spec §3.3)
+    rewards     r_t = -β·(log π - log ρ) on every token, plus the score on the last one
     update      `ppo_epochs` passes of shuffled minibatches from the shared rollout buffer; each
                 minibatch: reward whitening, GAE, advantage whitening, clipped policy + value loss
-                (spec §3.4), [PPO-ptx: + γ·pretraining NLL, accumulated into the same step, spec §4.2],
-                one optimizer step
-    KL control  β is updated from this rollout's KL and used from the next rollout (spec §3.6)
+                [PPO-ptx: + γ·pretraining NLL, accumulated into the same step], one optimizer step
+    KL control  β is updated from this rollout's KL and used from the next rollout
 
-The losses are pure functions on tensors (``ppo_loss``, ``policy_loss``, ``value_loss``) and are unit-tested
-against the spec's numbers; the module only wires models, data and those functions.
+Before the first iteration the score is normalised (Ziegler: mean 0, std 1) on ``normalize_samples``
+responses of the initial policy, and again after every online reward-model refit.
+
+The losses are pure functions on tensors (``ppo_loss``, ``policy_loss``, ``value_loss``), unit-tested
+against hand-computed numbers; the module only wires models, data and those functions. Shared pieces
+(reference policy, reward-model loading and normalisation, several optimizer steps per iteration) come
+from ``feedback_lm``.
+
+Logs: ``train/loss``, ``rollout/score_mean`` (raw score), ``rollout/accuracy``, ``ppo/kl``, ``ppo/kl_coef``,
+``ppo/clipfrac``, ``ppo/value_loss``, ``ppo/lr``, ``time/*``; ``val/accuracy`` (greedy), ``val/sampled_accuracy``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import random
+import math
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from feedback_lm import ops
-from feedback_lm.data.files import load_text
+from feedback_lm.checks import check_args
 from feedback_lm.display import log_samples, print_samples
 from feedback_lm.errors import UserError
 from feedback_lm.evaluation import exact_match
 from feedback_lm.kl import build_kl_controller
 from feedback_lm.models import ModelConfig, ScalarHead
+from feedback_lm.online import optimizer_step, require_reward, score_responses, task_batch, validate
 from feedback_lm.optim import fused_kernel, lr_factor
 from feedback_lm.policy import Policy
+from feedback_lm.ptx import PtxStream
+from feedback_lm.reference import frozen_reference, reference_logprobs, reference_policy, save_policy
+from feedback_lm.reward_head import load_reward_model, ziegler_gain_bias
 from feedback_lm.rollout import Rollout, RolloutBuffer
-from plugins.reward_model import ziegler_gain_bias
 
 MODES = ("eos_masking", "lhp_fixed_length")
 REWARD_NORMALIZATIONS = ("ziegler", "bias", "none")
@@ -51,7 +60,7 @@ VALUE_MODELS = ("shared", "separate")
 # ============================================================================================ losses
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                 mask: torch.Tensor, cliprange: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped surrogate, token mean over the minibatch (spec §3.4 step 5).
+    """Clipped surrogate, token mean over the minibatch.
 
     Args:
         logprobs: ``[B,T]`` current log-probs (grad). old_logprobs: ``[B,T]`` rollout log-probs.
@@ -75,8 +84,7 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
                cliprange_value: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped value loss ``0.5·mean(max((v − R)², (v_clip − R)²))``, clip around the OLD value (spec §3.4
-    step 4, pitfall 5).
+    """Clipped value loss ``0.5·mean(max((v − R)², (v_clip − R)²))``, clip around the OLD value (LHP).
 
     Args:
         values: ``[B,T]`` current value predictions (grad). old_values, returns: ``[B,T]``. mask: ``[B,T]``.
@@ -95,7 +103,7 @@ def ppo_loss(logprobs: torch.Tensor, values: torch.Tensor, old_logprobs: torch.T
              rewards: torch.Tensor, mask: torch.Tensor, *, cliprange: float = 0.2, cliprange_value: float = 0.2,
              vf_coef: float = 0.1, gamma: float = 1.0, lam: float = 0.95, whiten_rewards: bool = True,
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """The loss of one PPO minibatch, a port of [LHP:train_policy.py PPOTrainer.loss] (spec §3.4).
+    """The loss of one PPO minibatch, a port of [LHP:train_policy.py PPOTrainer.loss].
 
     Every input but ``logprobs`` and ``values`` is a stored rollout tensor. Reward whitening (scale
     only), GAE with the old values, ``returns = adv + old_values`` (before advantage whitening) and
@@ -132,7 +140,7 @@ def ppo_loss(logprobs: torch.Tensor, values: torch.Tensor, old_logprobs: torch.T
 
 def truncate_for_scoring(response_ids: torch.Tensor, token_id: int, after: int, pad_token_id: int,
                          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """LHP post-processing of fixed-length samples, used for scoring only (spec §3.2).
+    """LHP post-processing of fixed-length samples, used for scoring only.
 
     Everything after the first ``token_id`` at index ``>= after`` becomes padding (the token itself is
     kept). Rows without such a token are flagged: they get the penalty score instead of the reward.
@@ -152,45 +160,19 @@ def truncate_for_scoring(response_ids: torch.Tensor, token_id: int, after: int, 
     return response_ids.masked_fill(~keep, pad_token_id), found
 
 
+def score_normalization(raw: torch.Tensor, mode: str = "ziegler") -> tuple[float, float]:
+    """``(gain, bias)`` for ``gain·score + bias``: mean 0 and population std 1 over ``raw`` (``ziegler``), or
+    mean 0 only (``bias``, and ``ziegler`` when every score is the same)."""
+    if mode == "bias" or float(raw.double().std(unbiased=False)) <= 1e-8:
+        return 1.0, -float(raw.double().mean())
+    return ziegler_gain_bias(raw)
+
+
 def ema_update(ema: Sequence[torch.Tensor], params: Sequence[torch.Tensor], decay: float) -> None:
-    """In place ``ema ← decay·ema + (1 − decay)·θ`` (InstructGPT's EMA of weights, decay 0.992, spec §4.2)."""
+    """In place ``ema ← decay·ema + (1 − decay)·θ`` (InstructGPT's EMA of weights, decay 0.992)."""
     with torch.no_grad():
         for e, p in zip(ema, params):
             e.mul_(decay).add_(p.detach().to(e.dtype), alpha=1.0 - decay)
-
-
-# ============================================================================= pretraining stream
-class PtxStream:
-    """An endless, seeded stream of pretraining batches for PPO-ptx (spec §4.2).
-
-    Each item is a ``(prompt, text)`` pair: task demonstrations keep their prompt (so that an
-    encoder-decoder model conditions on it); raw text has an empty prompt and is scored on every token.
-    """
-
-    def __init__(self, pairs: Sequence[tuple[str, str]], seed: int = 0):
-        if not pairs:
-            raise UserError("PPO-ptx: the pretraining data is empty (algo.ptx_data)")
-        self.pairs = list(pairs)
-        self.rng = random.Random(seed)
-
-    @classmethod
-    def from_text_file(cls, path: str, chunk_chars: int, seed: int = 0) -> PtxStream:
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise UserError(f"algo.ptx_data={path}: no such file. Give a plain-text file, or 'demos' to use the "
-                            f"task's demonstrations")
-        text = load_text(p, "algo.ptx_data")  # a binary or non-UTF-8 file is refused, naming the line
-        chunks = [text[i: i + chunk_chars] for i in range(0, len(text), chunk_chars)]
-        return cls([("", c) for c in chunks if c.strip()], seed)
-
-    def next(self, n: int) -> list[tuple[str, str]]:
-        return [self.pairs[self.rng.randrange(len(self.pairs))] for _ in range(n)]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.getstate()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.rng.setstate(state["rng"])
 
 
 # ====================================================================================== the module
@@ -208,7 +190,7 @@ class PPO(L.LightningModule):
         schedule: ``linear`` (LHP: anneal to 0 over the run, constant within an iteration) or ``constant``.
         warmup_iterations: linear warmup (InstructGPT: 10 iterations from 1/10 of the peak).
         ppo_epochs: passes over each rollout. minibatch_size: rollouts per optimizer step.
-        cliprange, cliprange_value, vf_coef, gamma, lam, whiten_rewards: spec §3.4 / §3.7.
+        cliprange, cliprange_value, vf_coef, gamma, lam, whiten_rewards: LHP's PPO settings.
         kl_controller: ``fixed`` or ``adaptive``; kl_coef: initial β; kl_target (nats), kl_horizon (episodes).
         temperature, top_k, top_p: sampling; every log-prob (old, new, reference) uses the same temperature.
         max_new_tokens: response length T.
@@ -226,15 +208,18 @@ class PPO(L.LightningModule):
             every N iterations sample, label, append and refit the reward model, then go on with it.
         fast_generation: sample with the static-cache fast path (:mod:`feedback_lm.sampling`; compiled
             decode step with CUDA graphs on GPU) instead of plain ``generate``.
-        reward_normalization: "ziegler" (default; spec §2.a applied to any reward: gain and bias from the
-            first rollout's scores, i.e. samples of the initial policy, so the score has mean 0 and std 1
-            as LHP's normalised reward model does; β then acts on that scale), "bias" (mean only) or
-            "none" (the reward as it comes). Re-estimated after an online refit.
+        reward_normalization: "ziegler" (default; Ziegler's reward-model normalisation applied to any reward:
+            gain and bias that give the scores of ``normalize_samples`` responses of the initial policy mean
+            0 and std 1, as LHP's normalised reward model has; β then acts on that scale), "bias" (mean
+            only) or "none" (the reward as it comes). Re-estimated the same way after an online refit.
+        normalize_samples: responses of the initial policy for the normalisation (LHP: 256).
         eval_max_new_tokens: decoding budget for validation.
         eval_sampled: validation also draws one sample per held-out prompt at the training temperature
             (seeded: the same draws every evaluation) and logs ``val/sampled_accuracy`` and
             ``val/sampled_score``: the distribution PPO optimises, beside the greedy ``val/accuracy``.
     """
+
+    DATA_KIND: ClassVar[str] = "tasks"
 
     def __init__(self, policy: ModelConfig | Mapping[str, Any], reward: Any = None, lr: float = 1e-5,
                  adam_eps: float = 1e-5, weight_decay: float = 0.0, schedule: str = "linear",
@@ -250,8 +235,21 @@ class PPO(L.LightningModule):
                  ptx_forward_batch_size: int = 64, ema_decay: float | None = None,
                  max_grad_norm: float | None = None, forward_batch_size: int = 64, fast_generation: bool = False,
                  refit: Mapping[str, Any] | None = None, reward_normalization: str = "ziegler",
-                 eval_max_new_tokens: int = 64, eval_sampled: bool = True, num_samples_shown: int = 5):
+                 normalize_samples: int = 256, eval_max_new_tokens: int = 64, eval_sampled: bool = True,
+                 num_samples_shown: int = 5):
         super().__init__()
+        check_args("algo", lr=(lr, "> 0"), adam_eps=(adam_eps, "> 0"), weight_decay=(weight_decay, ">= 0"),
+                   warmup_iterations=(warmup_iterations, ">= 0"), ppo_epochs=(ppo_epochs, ">= 1"),
+                   minibatch_size=(minibatch_size, ">= 1"), cliprange=(cliprange, "(0, 1)"),
+                   cliprange_value=(cliprange_value, "> 0"), vf_coef=(vf_coef, ">= 0"), gamma=(gamma, "[0, 1]"),
+                   lam=(lam, "[0, 1]"), kl_coef=(kl_coef, ">= 0"), kl_target=(kl_target, "> 0"),
+                   kl_horizon=(kl_horizon, ">= 1"), temperature=(temperature, "> 0"), top_k=(top_k, ">= 0"),
+                   top_p=(top_p, "(0, 1]"), max_new_tokens=(max_new_tokens, ">= 1"),
+                   truncate_after=(truncate_after, ">= 0"), vf_lr=(vf_lr, "> 0"), ptx_coef=(ptx_coef, ">= 0"),
+                   ptx_ratio=(ptx_ratio, ">= 1"), ptx_chunk_chars=(ptx_chunk_chars, ">= 1"),
+                   ptx_forward_batch_size=(ptx_forward_batch_size, ">= 1"), ema_decay=(ema_decay, "[0, 1)"),
+                   max_grad_norm=(max_grad_norm, "> 0"), forward_batch_size=(forward_batch_size, ">= 1"),
+                   normalize_samples=(normalize_samples, ">= 2"), eval_max_new_tokens=(eval_max_new_tokens, ">= 1"))
         if mode not in MODES:
             raise UserError(f"algo.mode={mode!r}: use one of {MODES}")
         if value_model not in VALUE_MODELS:
@@ -263,19 +261,17 @@ class PPO(L.LightningModule):
             raise UserError(f"algo.reward_normalization={reward_normalization!r}: use one of {REWARD_NORMALIZATIONS}")
         if schedule not in ("linear", "constant"):
             raise UserError(f"algo.schedule={schedule!r}: use 'linear' (LHP) or 'constant' (InstructGPT)")
-        if temperature <= 0:
-            raise UserError("algo.temperature must be > 0 (PPO needs a sampling distribution)")
-        if ptx_coef < 0:
-            raise UserError("algo.ptx_coef must be >= 0")
-        if reward is None:
-            raise UserError("PPO needs a reward: reward=verifier, reward=model reward.path=<run>/model, or "
-                            "reward._target_=<your callable>")
         self.model_config = ModelConfig.coerce(policy)
-        self.reward_fn = reward
+        self.model_config.dropout = 0.0  # "no dropout for policy training" (Ziegler et al. 2019)
+        if top_k or top_p < 1.0:
+            rank_zero_warn(f"algo.top_k={top_k} / algo.top_p={top_p} truncate the sampling distribution, while the "
+                           f"PPO ratio and the KL use the full softmax at the temperature; the samples are then "
+                           f"off-policy for both. Use top_k=0 top_p=1.0 unless you mean it.")
+        self.reward_fn = require_reward(reward, "ppo")
         self.save_hyperparameters(ignore=["reward"])
         self.hparams.policy = self.model_config.to_dict()
         self.kl_ctl = build_kl_controller(kl_controller, kl_coef, kl_target, kl_horizon)
-        self.score_norm: tuple[float, float] | None = None  # (gain, bias), fixed on the first rollout
+        self.score_norm: tuple[float, float] | None = None  # (gain, bias), set at fit start and after refits
         self.automatic_optimization = False
         self.ptx: PtxStream | None = None
         self.refitter = None
@@ -290,15 +286,10 @@ class PPO(L.LightningModule):
             return
         hp = self.hparams
         self.policy = Policy.from_config(self.model_config)
-        self.uses_lora = self.model_config.lora.r > 0
-        if not self.uses_lora:
-            # frozen copy of the INITIAL policy (spec §3.1); with LoRA the base weights are the reference
-            self.ref = copy.deepcopy(self.policy).requires_grad_(False).eval()
+        self.ref = frozen_reference(self.policy)  # the INITIAL policy; None under LoRA (adapters off)
         if hp.value_model == "shared":
-            self.value_head = ScalarHead(self.policy.hidden_size, init="zero")  # spec §3.1: zero-init
+            self.value_head = ScalarHead(self.policy.hidden_size, init="zero")  # LHP: zero-initialised
         else:
-            from plugins.reward_model import load_reward_model
-
             rm = load_reward_model(hp.value_init_from)  # loads frozen; the value net trains
             out_emb, in_emb = rm.policy.model.get_output_embeddings(), rm.policy.model.get_input_embeddings()
             rm.policy.requires_grad_(True)
@@ -339,13 +330,6 @@ class PPO(L.LightningModule):
                 for p, w in zip(self._policy_params(), live):
                     p.copy_(w)
 
-    def _ref_logprobs(self, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
-        T = self.hparams.temperature
-        if self.uses_lora:
-            with self.policy.model.disable_adapter():
-                return self.policy.logprobs(prompt_ids, prompt_mask, response_ids, response_mask, T)
-        return self.ref.logprobs(prompt_ids, prompt_mask, response_ids, response_mask, T)
-
     def _logprobs_values(self, prompt_ids, prompt_mask, response_ids, response_mask, with_entropy: bool = False):
         """Current-policy log-probs ``[B,R]`` and values ``[B,R]`` (and mean entropy) in one pass when the
         value head shares the trunk."""
@@ -367,7 +351,7 @@ class PPO(L.LightningModule):
     # --------------------------------------------------------------------------------------- rollout
     @torch.no_grad()
     def make_rollout(self, prompts: Sequence[str], targets: Sequence[str | None]) -> tuple[Rollout, dict[str, float]]:
-        """Sample, score and price one batch of episodes (spec §3.2-3.3). Everything is detached."""
+        """Sample, score and price one batch of episodes. Everything is detached."""
         hp, dev = self.hparams, self.device
         timings = {}
         t0 = time.perf_counter()
@@ -388,22 +372,15 @@ class PPO(L.LightningModule):
             lp, v, _ = self._logprobs_values(*args)
             logprobs.append(lp * mask[sl])
             values.append(v * mask[sl])
-            ref_logprobs.append(self._ref_logprobs(*args))
+            ref_logprobs.append(reference_logprobs(self.policy, self.ref, *args, hp.temperature))
         logprobs, values, ref_logprobs = torch.cat(logprobs), torch.cat(values), torch.cat(ref_logprobs)
         timings["time/forward"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        if fixed:
-            token = self.policy.eos_token_id if hp.truncate_token is None else hp.truncate_token
-            score_ids, found = truncate_for_scoring(response_ids, token, hp.truncate_after, self.policy.pad_token_id)
-            texts = self.policy.decode(score_ids)
-        else:
-            texts = self.policy.decode(response_ids, mask)
-        scores = _as_scores(self.reward_fn(list(prompts), texts, list(targets)), len(texts), dev)
-        raw_scores = scores
-        scores = self._normalize_scores(scores)
-        if fixed:  # no truncate token: the penalty REPLACES the score (spec §3.8 pitfall 12)
-            scores = torch.where(found, scores, torch.full_like(scores, hp.penalty_reward_value))
+        raw_scores, found, texts = self._score(prompts, targets, response_ids, mask)
+        scores = self._normalize_scores(raw_scores)
+        # lhp_fixed_length without the truncate token: the penalty REPLACES the score (LHP make_score_fn)
+        scores = torch.where(found, scores, torch.full_like(scores, hp.penalty_reward_value))
         timings["time/score"] = time.perf_counter() - t0
 
         rewards, kl = ops.kl_penalty_rewards(logprobs, ref_logprobs, scores, mask, self.kl_ctl.value)
@@ -419,27 +396,56 @@ class PPO(L.LightningModule):
                  **timings}
         return rollout, stats
 
+    def _score(self, prompts: Sequence[str], targets: Sequence[str | None], response_ids: torch.Tensor,
+               mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """Raw scores ``[B]`` of sampled responses, whether each has its truncate token ``[B]`` (always True
+        in eos_masking mode) and the scored texts (lhp_fixed_length: cut after the truncate token, LHP)."""
+        hp = self.hparams
+        found = torch.ones(len(prompts), dtype=torch.bool, device=response_ids.device)
+        if hp.mode == "lhp_fixed_length":
+            token = self.policy.eos_token_id if hp.truncate_token is None else hp.truncate_token
+            score_ids, found = truncate_for_scoring(response_ids, token, hp.truncate_after, self.policy.pad_token_id)
+            texts = self.policy.decode(score_ids)
+        else:
+            texts = self.policy.decode(response_ids, mask)
+        return score_responses(self.reward_fn, prompts, texts, targets, response_ids.device), found, texts
+
     def _normalize_scores(self, raw: torch.Tensor) -> torch.Tensor:
-        """Ziegler's reward normalisation (spec §2.a, §3.1), applied to whatever the reward is: gain and
-        bias that give the scores of the FIRST rollout (samples of the initial policy = the reference ρ,
-        at the sampling temperature, over the task's prompts, all ranks together) mean 0 and std 1, then
-        kept fixed (and checkpointed). ``bias`` shifts the mean only. Why it matters: the value head
-        starts at zero, so a score with a non-zero mean leaves GAE's λ-discounted residual
-        ``λ^(T-t)·mean`` in the advantages, which favours the stop token when the mean is positive
-        (answers lose words) and favours going on when it is negative (answers grow)."""
-        mode = self.hparams.reward_normalization
-        if mode == "none":
+        if self.hparams.reward_normalization == "none" or self.score_norm is None:
             return raw
-        if self.score_norm is None:
-            pooled = raw.float()
-            if self._trainer is not None and self.trainer.world_size > 1:
-                pooled = self.all_gather(pooled).reshape(-1)
-            mu = float(pooled.double().mean())
-            if float(pooled.double().std(unbiased=False)) <= 1e-8:  # all scored the same: shift, decide later
-                return raw - mu
-            self.score_norm = ziegler_gain_bias(pooled) if mode == "ziegler" else (1.0, -mu)
         gain, bias = self.score_norm
         return raw * gain + bias
+
+    @torch.no_grad()
+    def fit_normalization(self) -> tuple[float, float]:
+        """Ziegler's reward normalisation, applied to whatever the reward is: the gain and bias that give the
+        scores of ``normalize_samples`` responses of the INITIAL policy (the reference ρ, at the sampling
+        temperature, to random training prompts, all ranks pooled; LHP: 256) mean 0 and std 1, then kept
+        fixed (and checkpointed). ``bias`` shifts the mean only. Why it matters: the value head starts at
+        zero, so a score with a non-zero mean leaves GAE's λ-discounted residual ``λ^(T-t)·mean`` in the
+        advantages, which favours the stop token when the mean is positive (answers lose words) and going
+        on when it is negative (answers grow). When every sample scores the same (a verifier against an
+        untrained model) only the mean is removed (:func:`score_normalization`)."""
+        hp = self.hparams
+        rows = self.trainer.datamodule.train_rows
+        per_rank = -(-hp.normalize_samples // self.trainer.world_size)
+        g = torch.Generator().manual_seed(1_000 + self.trainer.global_rank)
+        picked = [rows[i] for i in torch.randint(len(rows), (per_rank,), generator=g).tolist()]
+        raw = []
+        for s in range(0, per_rank, hp.forward_batch_size):
+            chunk = picked[s: s + hp.forward_batch_size]
+            prompts = [r["prompt"] for r in chunk]
+            ids, mask = (x.to(self.device) for x in self.policy.encode_prompts(prompts))
+            with reference_policy(self.policy, self.ref) as rho:
+                gen = rho.generate(ids, mask, max_new_tokens=hp.max_new_tokens, do_sample=True,
+                                   temperature=hp.temperature, top_k=hp.top_k, top_p=hp.top_p,
+                                   stop_at_eos=hp.mode != "lhp_fixed_length", fast=hp.fast_generation)
+            raw.append(self._score(prompts, [r.get("target") for r in chunk], gen.response_ids, gen.response_mask)[0])
+        pooled = torch.cat(raw).float()
+        if self.trainer.world_size > 1:
+            pooled = self.all_gather(pooled).reshape(-1)
+        self.score_norm = score_normalization(pooled, hp.reward_normalization)
+        return self.score_norm
 
     # -------------------------------------------------------------------------------------- training
     def on_fit_start(self) -> None:
@@ -451,16 +457,16 @@ class PPO(L.LightningModule):
             self.policy.set_fsdp_root(self.trainer.strategy.model)
         hp = self.hparams
         if hp.ptx_coef > 0 and self.ptx is None:
-            if hp.ptx_data == "demos":
-                self.ptx = PtxStream(_demonstrations(self.trainer), seed=self.trainer.global_rank)
-            else:
-                self.ptx = PtxStream.from_text_file(hp.ptx_data, hp.ptx_chunk_chars, seed=self.trainer.global_rank)
+            self.ptx = PtxStream.from_config(hp.ptx_data, self.trainer.datamodule, hp.ptx_chunk_chars,
+                                             seed=self.trainer.global_rank)
             if self._ptx_state is not None:
                 self.ptx.load_state_dict(self._ptx_state)
         if hp.refit and hp.refit.get("every") and self.refitter is None:
             self._setup_refitter()
+        if hp.reward_normalization != "none" and self.score_norm is None:
+            self.fit_normalization()
         if hp.whiten_rewards and hp.minibatch_size < 8:
-            rank_zero_warn("algo.minibatch_size < 8 with reward whitening: LHP asserts >= 8 (spec §3.5)")
+            rank_zero_warn("algo.minibatch_size < 8 with reward whitening: LHP asserts >= 8")
 
     def _setup_refitter(self) -> None:
         from feedback_lm.refit import OnlineRefitter, RefitConfig
@@ -484,7 +490,8 @@ class PPO(L.LightningModule):
         stats = self.refitter.refit()
         out = {"refit/new_labels": float(added), "refit/labels": float(len(self.refitter.comparisons))}
         if stats["loss"] == stats["loss"]:  # not NaN: a refit happened
-            self.score_norm = None  # a new reward model is normalised again (Ziegler: normalize_after)
+            if self.hparams.reward_normalization != "none":  # a new reward model, normalised on ρ again
+                out["refit/gain"], out["refit/bias"] = self.fit_normalization()
             out.update({"refit/loss": stats["loss"], "refit/accuracy": stats["accuracy"]})
         return out
 
@@ -492,38 +499,37 @@ class PPO(L.LightningModule):
         hp = self.hparams
         opt = self.optimizers()
         iteration = self.global_step
-        beta = self.kl_ctl.value  # the β in this rollout's rewards (spec §3.8 pitfall 10)
+        beta = self.kl_ctl.value  # the β in this rollout's rewards
         refit_stats = self._maybe_refit(iteration)
-        rollout, stats = self.make_rollout(batch["prompt"], batch.get("target") or [None] * len(batch["prompt"]))
+        rollout, stats = self.make_rollout(*task_batch(batch, "ppo"))
         self.buffer.clear()
         self.buffer.add(rollout)
 
-        # LR: annealed per iteration, constant across its minibatches (spec §3.5, §3.9 #12)
-        total = max(1, self.trainer.max_steps if self.trainer.max_steps > 0 else 1)
-        factor = lr_factor(iteration, total, hp.schedule, hp.warmup_iterations, 0.0)
+        # LR: annealed per iteration over the run, constant across its minibatches (LHP)
+        factor = lr_factor(iteration, self._total_iterations(), hp.schedule, hp.warmup_iterations, 0.0)
         for group in opt.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
 
         t0 = time.perf_counter()
-        self.policy.eval()  # dropout off for every forward (spec §0.5)
+        self.policy.eval()  # dropout off for every forward
         minibatches = list(self.buffer.minibatches(hp.minibatch_size, epochs=hp.ppo_epochs, same_layout=True))
         agg: dict[str, list[float]] = {}
         for j, mb in enumerate(minibatches):
             opt.zero_grad()
             mb_stats = self.minibatch_backward(mb)
-            if hp.max_grad_norm:  # after BOTH gradients have accumulated (spec §4.4)
+            if hp.max_grad_norm:  # after BOTH gradients have accumulated
                 self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
-            self._optimizer_step(opt, last=j == len(minibatches) - 1)
+            optimizer_step(self, opt, last=j == len(minibatches) - 1)
             if hp.ema_decay:
                 ema_update(self._ema_buffers(), self._policy_params(), hp.ema_decay)
             for k, v in mb_stats.items():
                 agg.setdefault(k, []).append(float(v))
         stats["time/update"] = time.perf_counter() - t0
 
-        # KL control on this rollout's KL, before optimisation; new β from the next rollout (spec §3.6)
+        # KL control on this rollout's KL, before optimisation; new β from the next rollout
         n_episodes = len(rollout) * self.trainer.world_size
         self.kl_ctl.update(self._mean_across_ranks(stats["ppo/kl"]), n_steps=n_episodes)
-        if "ptx_sequences" in agg:  # InstructGPT accounting: pretraining sequences per episode (spec §4.2)
+        if "ptx_sequences" in agg:  # InstructGPT accounting: pretraining sequences per episode
             stats["ptx/sequences"] = sum(agg.pop("ptx_sequences"))
             stats["ptx/ratio"] = stats["ptx/sequences"] / len(rollout)
             stats["ptx/loss"] = sum(agg["ptx_loss"]) / len(agg.pop("ptx_loss"))
@@ -536,10 +542,24 @@ class PPO(L.LightningModule):
         self.log_dict({k: float(v) for k, v in stats.items() if k not in shown}, batch_size=len(rollout))
         self.log_dict({k: float(stats[k]) for k in shown}, prog_bar=True, batch_size=len(rollout))
 
+    def _total_iterations(self) -> int:
+        """The run's length in iterations for the LR anneal: ``trainer.max_steps``, else the epochs' batches
+        (``trainer.max_steps=-1``); a run without an end (both unbounded) keeps the peak LR, with a warning."""
+        if self.trainer.max_steps > 0:
+            return self.trainer.max_steps
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            if self.hparams.schedule == "linear" and not getattr(self, "_warned_endless", False):
+                rank_zero_warn("algo.schedule=linear needs trainer.max_steps or trainer.max_epochs to anneal over; "
+                               "the LR stays at its peak")
+                self._warned_endless = True
+            return 2**62
+        return max(1, int(total))
+
     def minibatch_backward(self, mb: Rollout) -> dict[str, torch.Tensor]:
-        """Accumulate the gradients of one minibatch: the PPO loss (spec §3.4) and, for PPO-ptx,
+        """Accumulate the gradients of one minibatch: the PPO loss and, for PPO-ptx,
         ``ptx_coef · ∇L_ptx`` on ``ptx_ratio × len(mb)`` pretraining sequences into the SAME buffers
-        (spec §4.2). No optimizer step here. Returns the minibatch statistics."""
+        (InstructGPT App. C.4). No optimizer step here. Returns the minibatch statistics."""
         hp = self.hparams
         logprobs, values, entropy = self._logprobs_values(mb.prompt_ids, mb.prompt_mask, mb.response_ids,
                                                           mb.response_mask, with_entropy=True)
@@ -561,17 +581,8 @@ class PPO(L.LightningModule):
         else:  # used outside a Trainer (unit tests, notebooks)
             loss.backward()
 
-    def _optimizer_step(self, opt, last: bool) -> None:
-        """One optimizer step. Only the LAST step of an iteration goes through Lightning's optimizer wrapper,
-        which is what advances ``global_step``: one Lightning step = one PPO iteration, so ``max_steps``,
-        checkpoints every N steps and the LR schedule all count iterations."""
-        if last:
-            opt.step()
-        else:  # same precision/strategy path as opt.step(), without the step-progress hooks
-            self.trainer.strategy.optimizer_step(opt.optimizer, closure=lambda: None, model=self)
-
     def _ptx_backward(self, n: int) -> float:
-        """Accumulate ``ptx_coef · ∇ mean-token NLL`` of ``n`` pretraining sequences (spec §4.2), in
+        """Accumulate ``ptx_coef · ∇ mean-token NLL`` of ``n`` pretraining sequences, in
         chunks weighted by their token counts so that the result equals one big batch."""
         hp = self.hparams
         pairs = self.ptx.next(n)
@@ -595,29 +606,11 @@ class PPO(L.LightningModule):
     # ------------------------------------------------------------------------------------ validation
     def validation_step(self, batch: dict[str, list[str]], batch_idx: int) -> None:
         hp = self.hparams
-        prompts, targets = batch["prompt"], batch.get("target") or [None] * len(batch["prompt"])
-        sampled = None
         with self._ema_weights():
-            outputs = self.policy.generate_text(prompts, max_new_tokens=hp.eval_max_new_tokens, do_sample=False,
-                                                fast=hp.fast_generation)
-            if hp.eval_sampled:  # what PPO optimises: one sample per held-out prompt at the training temperature
-                devices = [self.device] if self.device.type == "cuda" else []
-                with torch.random.fork_rng(devices=devices):  # the same draws every evaluation; training's RNG
-                    torch.manual_seed(10_007 + batch_idx)      # is left where it was
-                    sampled = self.policy.generate_text(prompts, max_new_tokens=hp.eval_max_new_tokens,
-                                                        do_sample=True, temperature=hp.temperature, top_k=hp.top_k,
-                                                        top_p=hp.top_p, fast=hp.fast_generation)
-        correct = exact_match(outputs, targets) if targets[0] is not None else torch.zeros(len(outputs))
-        scores = _as_scores(self.reward_fn(list(prompts), outputs, list(targets)), len(outputs), self.device)
-        n = len(outputs)
-        self.log("val/accuracy", correct.mean().to(self.device), batch_size=n, sync_dist=True, prog_bar=True)
-        self.log("val/score", scores.mean(), batch_size=n, sync_dist=True)
-        if sampled is not None:
-            if targets[0] is not None:
-                self.log("val/sampled_accuracy", exact_match(sampled, targets).mean().to(self.device), batch_size=n,
-                         sync_dist=True)
-            sampled_scores = _as_scores(self.reward_fn(list(prompts), sampled, list(targets)), n, self.device)
-            self.log("val/sampled_score", sampled_scores.mean(), batch_size=n, sync_dist=True)
+            outputs, scores = validate(self, self.policy, self.reward_fn, batch, batch_idx, hp.eval_max_new_tokens,
+                                       hp.temperature if hp.eval_sampled else None, hp.top_k, hp.top_p,
+                                       hp.fast_generation)
+        prompts, targets = task_batch(batch, "ppo")
         if batch_idx == 0:
             k = hp.num_samples_shown
             self._samples = [{"prompt": p, "output": o, "target": t, "score": round(float(s), 3)}
@@ -666,21 +659,7 @@ class PPO(L.LightningModule):
         """The trained policy in Hugging Face format (the EMA weights when ``ema_decay`` is set); LoRA
         adapters are merged so that ``model.name_or_path=<dir>`` loads it like any model."""
         with self._ema_weights():
-            model = self.policy.model
-            if self.uses_lora:
-                model = copy.deepcopy(model).merge_and_unload()
-            model.save_pretrained(directory)
-            self.policy.tokenizer.save_pretrained(directory)
-
-
-def _as_scores(scores: Any, n: int, device) -> torch.Tensor:
-    scores = torch.as_tensor(scores, dtype=torch.float32).reshape(-1).to(device)
-    if scores.numel() != n:
-        raise UserError(f"the reward function returned {scores.numel()} scores for {n} responses; it must "
-                        f"return one float per response")
-    if not torch.isfinite(scores).all():
-        raise UserError("the reward function returned a NaN or infinite score")
-    return scores
+            save_policy(self.policy, directory)
 
 
 def _accuracy(outputs: Sequence[str], targets: Sequence[str | None]) -> float:
@@ -688,16 +667,5 @@ def _accuracy(outputs: Sequence[str], targets: Sequence[str | None]) -> float:
     return float(exact_match(*zip(*pairs)).mean()) if pairs else float("nan")
 
 
-def _demonstrations(trainer) -> list[tuple[str, str]]:
-    dm = trainer.datamodule
-    rows = getattr(dm, "train_rows", None)
-    if not rows:
-        dm.setup("fit")
-        rows = getattr(dm, "train_rows", None)
-    if not rows:
-        raise UserError("algo.ptx_data=demos needs a datamodule with demonstrations (prompt/response rows); "
-                        "give a text file instead: algo.ptx_data=<path>")
-    return [(r["prompt"], r["response"]) for r in rows]
-
-
-__all__ = ["PPO", "PtxStream", "ema_update", "policy_loss", "ppo_loss", "truncate_for_scoring", "value_loss"]
+__all__ = ["PPO", "ema_update", "policy_loss", "ppo_loss", "score_normalization", "truncate_for_scoring",
+           "value_loss"]

@@ -1,13 +1,15 @@
-"""Reward modelling from comparisons (spec §2): Ziegler et al. 2019 best-of-K (arXiv 1909.08593) and
+"""Reward modelling from comparisons: Ziegler et al. 2019 best-of-K (arXiv 1909.08593) and
 InstructGPT K-wise ranking (arXiv 2203.02155 §3.5).
 
 The reward model is the language model with its unembedding unused and a fresh scalar head
-(``N(0, 1/sqrt(d+1))``, spec §2.0) read at the last real token of ``[prompt; response]`` (for
+(``N(0, 1/sqrt(d+1))``) read at the last real token of ``[prompt; response]`` (for
 encoder-decoder models the prompt goes to the encoder and the head reads the decoder state at the
 response's EOS). ``pooling=mean`` [PROJECT] averages the head over every response position instead
 (on simulated word_sorting labels it was far more accurate: bench/README.md, reward-model accuracy).
 The wrapped reward is ``gain * r_raw + bias`` with ``gain``/``bias`` non-trainable buffers set by the
-normalisation (spec §2.a Ziegler, §2.b InstructGPT), saved with the model.
+normalisation (Ziegler: mean 0, std 1 on samples of the initial LM; InstructGPT: the demonstrations
+average 0), saved with the model. Head, losses, normalisation and loading live in
+:mod:`feedback_lm.reward_head` (shared with PPO, ``reward=model`` and the online refits).
 
 Each batch element is one prompt with all of its K responses: K forward passes per prompt, never
 2*C(K,2) (InstructGPT §3.5).
@@ -21,33 +23,41 @@ best response gets the highest reward), ``val/reward_chosen``, ``val/reward_reje
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 from feedback_lm.checkpoint import load_state_dict_safely
+from feedback_lm.checks import check_args
 from feedback_lm.data.comparisons import Comparison
 from feedback_lm.errors import UserError
 from feedback_lm.models import ModelConfig, ScalarHead
 from feedback_lm.optim import build_adamw, build_scheduler
 from feedback_lm.policy import Policy
+from feedback_lm.reward_head import (  # noqa: F401  (re-exported: the names users import from here)
+    POOLINGS,
+    comparison_rewards,
+    demonstration_bias,
+    load_reward_model,
+    pairwise_accuracy,
+    ranking_loss,
+    ranking_pairs,
+    raw_rewards,
+    reward_backbone,
+    save_reward_model,
+    ziegler_gain_bias,
+)
 
 LOSSES = ("ranking", "best_of_k")
-POOLINGS = ("last", "mean")
 NORMALIZATIONS = ("none", "ziegler", "demos")
-HEAD_FILE = "reward_head.safetensors"
 
 
 # ------------------------------------------------------------------------------------ pure functions
 def best_of_k_loss(rewards: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
-    """Ziegler softmax cross-entropy over the K candidates (spec §2.a; the paper's Eq. 1 lacks the minus).
+    """Ziegler softmax cross-entropy over the K candidates (the paper's Eq. 1 lacks the minus sign).
 
     Args:
         rewards: ``[B,K]``; missing candidates (K varies) hold ``-inf``.
@@ -56,64 +66,9 @@ def best_of_k_loss(rewards: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(rewards.float(), best)
 
 
-def ranking_pairs(tiers: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
-    """All (winner, loser) pairs of a ranking given best-first tiers; ties give no pair."""
-    return [(w, lo) for i, tier in enumerate(tiers) for w in tier for lower in tiers[i + 1:] for lo in lower]
-
-
-def ranking_loss(rewards: torch.Tensor, rankings: Sequence[Sequence[Sequence[int]]]) -> torch.Tensor:
-    """InstructGPT Eq. 1 with the per-prompt normalisation (spec §2.b).
-
-    ``mean_b mean_{(w,l) in pairs_b} softplus(-(r[b,w] - r[b,l]))``: every prompt weighs the same,
-    whatever its K. For K=2 this is Bradley-Terry.
-
-    Args:
-        rewards: ``[B,K]`` (padding beyond a prompt's K is never indexed).
-        rankings: per prompt, best-first tiers of response indices (``[[2], [0, 3], [1]]``).
-    """
-    b_idx, w_idx, l_idx, weight = [], [], [], []
-    for b, tiers in enumerate(rankings):
-        pairs = ranking_pairs(tiers)
-        if not pairs:
-            raise ValueError(f"ranking {tiers} of batch element {b} has no strictly ordered pair")
-        for w, lo in pairs:
-            b_idx.append(b), w_idx.append(w), l_idx.append(lo), weight.append(1.0 / len(pairs))
-    r = rewards.float()
-    b_t = torch.tensor(b_idx, device=r.device)
-    margin = r[b_t, torch.tensor(w_idx, device=r.device)] - r[b_t, torch.tensor(l_idx, device=r.device)]
-    weight_t = torch.tensor(weight, device=r.device)
-    return (weight_t * F.softplus(-margin)).sum() / len(rankings)
-
-
-def ziegler_gain_bias(raw: torch.Tensor, target_mean: float = 0.0, target_std: float = 1.0) -> tuple[float, float]:
-    """Gain and bias that give ``g*raw + c`` the target mean and population std (spec §2.a)."""
-    raw = raw.double()
-    mu = raw.mean()
-    sigma = torch.sqrt((raw**2).mean() - mu**2)
-    if not torch.isfinite(sigma) or sigma <= 0:
-        raise ValueError("rewards of the normalisation samples have zero variance")
-    g = target_std / sigma
-    return float(g), float(target_mean - g * mu)
-
-
-def demonstration_bias(raw_demo_rewards: torch.Tensor) -> float:
-    """InstructGPT: the bias that makes the demonstrations' mean reward 0 (spec §2.b)."""
-    return float(-raw_demo_rewards.double().mean())
-
-
-def pairwise_accuracy(rewards: torch.Tensor, rankings: Sequence[Sequence[Sequence[int]]]) -> tuple[int, int]:
-    """(correctly ordered pairs, pairs); ties in reward count as wrong."""
-    right = total = 0
-    for b, tiers in enumerate(rankings):
-        for w, lo in ranking_pairs(tiers):
-            right += int(rewards[b, w] > rewards[b, lo])
-            total += 1
-    return right, total
-
-
 # ------------------------------------------------------------------------------------------ module
 class RewardModel(L.LightningModule):
-    """A scalar reward model trained on comparisons.
+    """A scalar reward model trained on comparisons (``data=comparisons``: batches are ``list[Comparison]``).
 
     Args:
         policy: the LM the reward model starts from (``conf/model/*.yaml``); dropout is forced to 0.
@@ -127,9 +82,11 @@ class RewardModel(L.LightningModule):
             before and after training); ``demos`` (bias so the task demonstrations average 0).
         normalize_samples: prompts sampled for the Ziegler normalisation.
         sample_temperature / max_new_tokens: how the normalisation samples are drawn.
-        pooling: ``last``: the head reads the state at the last real token (spec §2.0); ``mean``: the
+        pooling: ``last``: the head reads the state at the last real token (Ziegler et al. 2019); ``mean``: the
             head scores every response position and the reward is their mean [PROJECT].
     """
+
+    DATA_KIND: ClassVar[str] = "comparisons"
 
     def __init__(self, policy: ModelConfig | Mapping[str, Any], init_from: str | None = None,
                  loss: str = "ranking", lr: float = 5e-5, weight_decay: float = 0.0, adam_eps: float = 1e-5,
@@ -137,6 +94,10 @@ class RewardModel(L.LightningModule):
                  normalize: str = "none", normalize_samples: int = 256, sample_temperature: float = 1.0,
                  max_new_tokens: int = 32, max_grad_norm: float | None = 1.0, pooling: str = "last"):
         super().__init__()
+        check_args("algo", lr=(lr, "> 0"), weight_decay=(weight_decay, ">= 0"), adam_eps=(adam_eps, "> 0"),
+                   warmup_steps=(warmup_steps, ">= 0"), min_lr_ratio=(min_lr_ratio, "[0, 1]"),
+                   normalize_samples=(normalize_samples, ">= 2"), sample_temperature=(sample_temperature, "> 0"),
+                   max_new_tokens=(max_new_tokens, ">= 1"), max_grad_norm=(max_grad_norm, "> 0"))
         if pooling not in POOLINGS:
             raise UserError(f"unknown algo.pooling '{pooling}'; choose one of {list(POOLINGS)}")
         if loss not in LOSSES:
@@ -144,7 +105,7 @@ class RewardModel(L.LightningModule):
         if normalize not in NORMALIZATIONS:
             raise UserError(f"unknown algo.normalize '{normalize}'; choose one of {list(NORMALIZATIONS)}")
         cfg = ModelConfig.coerce(policy)
-        cfg.dropout = 0.0  # spec §0.5: no dropout in the reward model
+        cfg.dropout = 0.0  # no dropout in a reward model (Ziegler et al. 2019)
         if init_from and not init_from.endswith(".ckpt"):
             cfg.name_or_path, cfg.preset, cfg.tokenizer = init_from, None, None
         self.model_config = cfg
@@ -157,25 +118,15 @@ class RewardModel(L.LightningModule):
     def configure_model(self) -> None:
         if hasattr(self, "policy"):
             return
-        self.policy = Policy.from_config(self.model_config)
+        self.policy = reward_backbone(self.model_config)
         if self.hparams.init_from and self.hparams.init_from.endswith(".ckpt"):
             _load_policy_weights(self.policy, self.hparams.init_from)
-        out, inp = self.policy.model.get_output_embeddings(), self.policy.model.get_input_embeddings()
-        if out is not None and out.weight is not inp.weight:
-            out.weight.requires_grad_(False)  # the unembedding is not part of a reward model (spec §2.0)
         self.head = ScalarHead(self.policy.hidden_size, init="normal")
 
     # -------------------------------------------------------------------------------------- reward
     def raw_rewards(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        """Head output at the last real token (``pooling=last``) or averaged over the response
-        positions (``pooling=mean``), before gain/bias: ``[N]`` fp32."""
-        enc = self.policy.encode_batch(prompts, responses, self.device)
-        out = self.policy(**enc, output_hidden=True)
-        if self.hparams.pooling == "last":
-            return self.head(out.last_hidden)
-        # mean: the head on every response position (state t has read y_<t), averaged over the response
-        mask = enc["response_mask"].float()
-        return (self.head(out.hidden) * mask).sum(-1) / mask.sum(-1)
+        """Before gain/bias: ``[N]`` fp32 (see :func:`feedback_lm.reward_head.raw_rewards`)."""
+        return raw_rewards(self.policy, self.head, prompts, responses, self.hparams.pooling)
 
     def rewards(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
         """Normalised rewards ``gain * r_raw + bias``: ``[N]`` fp32."""
@@ -183,16 +134,7 @@ class RewardModel(L.LightningModule):
 
     def _batch_rewards(self, batch: list[Comparison]) -> torch.Tensor:
         """One forward over every (prompt, response) of the batch -> ``[B,Kmax]`` with ``-inf`` padding."""
-        prompts = [c.prompt for c in batch for _ in c.responses]
-        responses = [r for c in batch for r in c.responses]
-        flat = self.rewards(prompts, responses)
-        k_max = max(len(c.responses) for c in batch)
-        out = flat.new_full((len(batch), k_max), -math.inf)
-        i = 0
-        for b, c in enumerate(batch):
-            out[b, : len(c.responses)] = flat[i: i + len(c.responses)]
-            i += len(c.responses)
-        return out
+        return comparison_rewards(self.rewards, batch)
 
     def _loss(self, batch: list[Comparison], rewards: torch.Tensor) -> torch.Tensor:
         if self.hparams.loss == "best_of_k":
@@ -284,30 +226,7 @@ class RewardModel(L.LightningModule):
     def save_pretrained(self, directory: str) -> None:
         """The LM backbone in Hugging Face format plus ``reward_head.safetensors`` (head, gain, bias; the
         pooling in its metadata): what ``reward=model reward.path=<directory>`` loads."""
-        self.policy.model.save_pretrained(directory)
-        self.policy.tokenizer.save_pretrained(directory)
-        tensors = {f"head.{k}": v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
-        tensors.update(gain=self.gain.detach().cpu().reshape(1), bias=self.bias.detach().cpu().reshape(1))
-        save_file(tensors, str(Path(directory) / HEAD_FILE), metadata={"pooling": self.hparams.pooling})
-
-
-def load_reward_model(directory: str, device: str | torch.device = "cpu") -> RewardModel:
-    """Load a reward model written by :meth:`RewardModel.save_pretrained` (frozen, eval mode, with the
-    pooling it was trained with)."""
-    head_path = Path(directory) / HEAD_FILE
-    if not head_path.is_file():
-        raise UserError(f"{directory} is not a reward model of ours (no {HEAD_FILE}); train one with "
-                        f"`python train.py algo=reward_model` and point at its run's model/ directory")
-    with safe_open(str(head_path), framework="pt") as f:
-        pooling = (f.metadata() or {}).get("pooling", "last")  # files written before pooling existed: last
-    rm = RewardModel({"name": "reward_model", "name_or_path": str(directory)}, pooling=pooling)
-    rm.configure_model()
-    tensors = load_file(str(head_path))
-    rm.head.load_state_dict({k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")})
-    rm.gain.fill_(float(tensors["gain"]))
-    rm.bias.fill_(float(tensors["bias"]))
-    rm.requires_grad_(False)
-    return rm.eval().to(device)
+        save_reward_model(directory, self.policy, self.head, self.gain, self.bias, self.hparams.pooling)
 
 
 def _load_policy_weights(policy: Policy, ckpt_path: str) -> None:

@@ -48,6 +48,7 @@ from feedback_lm.checkpoint import load_state_dict_safely
 from feedback_lm.display import print_samples
 from feedback_lm.errors import UserError
 from feedback_lm.models import ModelConfig
+from feedback_lm.online import optimizer_step
 from feedback_lm.optim import SCHEDULES, build_adamw, build_scheduler
 from feedback_lm.policy import Policy, pad_sequences
 from feedback_lm.rollout import Rollout, RolloutBuffer
@@ -488,10 +489,7 @@ class SelfCorrect(L.LightningModule):
             self.manual_backward(loss)
             if hp.max_grad_norm:
                 self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
-            if update == hp.updates_per_step - 1:
-                opt.step()  # through Lightning's wrapper: advances global_step, so one step = one iteration
-            else:  # the same precision/strategy path without the step-progress hooks (as PPO does)
-                self.trainer.strategy.optimizer_step(opt.optimizer, closure=lambda: None, model=self)
+            optimizer_step(self, opt, last=update == hp.updates_per_step - 1)  # one step = one iteration
             sched.step()
             losses.append(loss.detach())
         self.log("train/loss", torch.stack(losses).mean(), prog_bar=True, batch_size=hp.batch_size)

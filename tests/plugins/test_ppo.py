@@ -1,4 +1,4 @@
-"""PPO and PPO-ptx: spec §3.9 and §4.5 tests, plus the module-level contract.
+"""PPO and PPO-ptx: the hand-computed cases of the LHP port and of InstructGPT's ptx mixing, plus the module-level contract.
 
 (§3.9 #1 compute_rewards, #2 GAE, #3 whitening and #6 the adaptive controller are in tests/unit/test_ops.py
 and test_kl.py; #9 generation/forward alignment is in tests/unit/test_policy.py.)
@@ -7,6 +7,7 @@ and test_kl.py; #9 generation/forward alignment is in tests/unit/test_policy.py.
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -15,9 +16,18 @@ from hydra.utils import instantiate
 
 from feedback_lm import ops
 from feedback_lm.optim import lr_factor
+from feedback_lm.reference import reference_logprobs
 from feedback_lm.rollout import RolloutBuffer
 from feedback_lm.testing import QUICK, check_plugin, compose
-from plugins.ppo import PPO, ema_update, policy_loss, ppo_loss, truncate_for_scoring, value_loss
+from plugins.ppo import (
+    PPO,
+    ema_update,
+    policy_loss,
+    ppo_loss,
+    score_normalization,
+    truncate_for_scoring,
+    value_loss,
+)
 
 TOY_REWARD = ["~reward", "+reward._target_=feedback_lm.rewards.LengthReward"]
 FAST = ["algo.max_new_tokens=8", "algo.eval_max_new_tokens=8"]
@@ -123,7 +133,7 @@ def test_ema_update_spec_formula():
     assert torch.allclose(ema[0], 0.992 * torch.tensor([1.0, 2.0]) + 0.008 * torch.tensor([3.0, -1.0]))
 
 
-# ------------------------------------------------------------------ reward normalisation (spec §2.a, §3.1)
+# ------------------------------------------------------------------ reward normalisation (Ziegler et al. 2019)
 def test_uninformative_score_with_nonzero_mean_biases_towards_stopping():
     """Why PPO normalises the score: with the zero-initialised value head, a CONSTANT score c (no
     information at all) still leaves GAE's residual λ^(T-t)·c in the advantages. With c > 0 the last
@@ -150,30 +160,50 @@ def test_uninformative_score_with_nonzero_mean_biases_towards_stopping():
     assert g0.abs().max().item() == 0.0
 
 
-def test_reward_normalisation_from_the_first_rollout():
-    module, _ = _module(["algo.reward_normalization=ziegler"])
+def test_score_normalization_values():
     raw = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    out = module._normalize_scores(raw)
-    # spec §2.a test #6: raw [1,2,3,4] -> g = 0.894427, c = -2.236068; mean 0, population std 1
-    assert module.score_norm[0] == pytest.approx(0.894427, abs=1e-6)
-    assert module.score_norm[1] == pytest.approx(-2.236068, abs=1e-6)
+    # raw [1,2,3,4] -> g = 0.894427, c = -2.236068 (Ziegler normalisation); mean 0, population std 1
+    g, c = score_normalization(raw, "ziegler")
+    assert (g, c) == pytest.approx((0.894427, -2.236068), abs=1e-6)
+    out = raw * g + c
     assert out.mean().item() == pytest.approx(0.0, abs=1e-6)
     assert out.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-6)
-    # fixed after the first rollout: later scores use the same gain and bias
-    assert module._normalize_scores(torch.tensor([4.0])).item() == pytest.approx(4 * 0.894427 - 2.236068, abs=1e-5)
+    assert score_normalization(raw, "bias") == pytest.approx((1.0, -2.5))
+    # every sample scored the same (a binary verifier before any success): remove the mean only
+    assert score_normalization(torch.zeros(4), "ziegler") == (1.0, 0.0)
+
+
+def _attach(module, dm, world_size=1):
+    """A stand-in trainer for the hooks that read only the datamodule and the world size."""
+    module._trainer = SimpleNamespace(datamodule=dm, world_size=world_size, global_rank=0)
+    return module
+
+
+def test_reward_normalisation_on_samples_of_the_initial_policy():
+    """The gain and bias come from normalize_samples responses of the INITIAL policy (the reference),
+    not from the first rollout, so they stay the same however far the policy has moved; they are
+    checkpointed and applied to every later score."""
+    module, dm = _module(["algo.reward_normalization=ziegler", "algo.normalize_samples=24"])
+    calls = []
+    module.reward_fn = lambda p, r, t: calls.append(len(r)) or torch.tensor([float(len(x)) for x in r])
+    _attach(module, dm)
+    torch.manual_seed(1)
+    norm = module.fit_normalization()
+    assert sum(calls) == 24
+    with torch.no_grad():  # move the policy: the normalisation must not follow it
+        for p in module.policy.parameters():
+            p.add_(torch.randn_like(p))
+    torch.manual_seed(1)
+    assert module.fit_normalization() == pytest.approx(norm)
+    raw = torch.tensor([4.0])
+    assert module._normalize_scores(raw).item() == pytest.approx(4 * norm[0] + norm[1], rel=1e-6)
     ckpt = {}
     module.on_save_checkpoint(ckpt)
     fresh, _ = _module(["algo.reward_normalization=ziegler"])
     fresh.on_load_checkpoint(ckpt)
     assert fresh.score_norm == pytest.approx(module.score_norm)
-
-    bias, _ = _module(["algo.reward_normalization=bias"])
-    assert bias._normalize_scores(raw).tolist() == pytest.approx([-1.5, -0.5, 0.5, 1.5])
     none, _ = _module(["algo.reward_normalization=none"])
     assert none._normalize_scores(raw) is raw
-    # every first sample scored the same (a binary verifier before any success): shift, decide later
-    flat, _ = _module(["algo.reward_normalization=ziegler"])
-    assert flat._normalize_scores(torch.zeros(4)).abs().max().item() == 0.0 and flat.score_norm is None
     with pytest.raises(Exception, match="reward_normalization"):
         _module(["algo.reward_normalization=whiten"])
 
@@ -244,7 +274,7 @@ def test_fixed_length_mode_samples_exactly_T_tokens_and_penalises_missing_eos():
 
 def test_lora_reference_is_the_base_with_adapters_disabled():
     module, dm = _module(["model.lora.r=4"])
-    assert not hasattr(module, "ref"), "with LoRA the reference must not be a second copy of the weights"
+    assert module.ref is None, "with LoRA the reference must not be a second copy of the weights"
     prompts, targets = _prompts(dm, 4)
     rollout, _ = module.make_rollout(prompts, targets)
     with torch.no_grad():  # move the adapters: the policy changes, the reference must not
@@ -252,7 +282,7 @@ def test_lora_reference_is_the_base_with_adapters_disabled():
             if "lora_B" in n:
                 p.add_(0.5)
     args = (rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask)
-    ref_after = module._ref_logprobs(*args)
+    ref_after = reference_logprobs(module.policy, module.ref, *args)
     policy_after = module.policy.logprobs(*args) * rollout.response_mask
     torch.testing.assert_close(ref_after, rollout.ref_logprobs, atol=1e-5, rtol=0)
     assert (policy_after - rollout.logprobs).abs().max() > 1e-3
@@ -272,7 +302,7 @@ def test_ptx_gradient_is_additive_and_skips_the_separate_value_net(tmp_path):
     sep = ["algo.value_model=separate", f"algo.value_init_from={tmp_path / 'rm'}", "algo.ptx_ratio=2"]
     module, dm = _module(sep)
     rollout, _ = module.make_rollout(*_prompts(dm, 4))
-    from plugins.ppo import PtxStream
+    from feedback_lm.ptx import PtxStream
 
     def run(ptx_coef: float, skip_ppo: bool = False):
         module.zero_grad(set_to_none=True)
@@ -481,3 +511,72 @@ def test_validation_logs_seeded_sampled_metrics_without_touching_training_rng():
     assert "val/sampled_score" not in runs[2]
     # the data loader draws from the global RNG either way; the sampled evaluation adds nothing to that
     assert torch.equal(states[0], states[2])
+
+
+# ------------------------------------------------------------------ deviations fixed (reliability issue)
+def test_refit_restarts_from_the_initial_reward_model_backbone(tmp_path):
+    """Every refit trains a fresh head on the reward model's INITIAL backbone, not on the last refit's."""
+    from feedback_lm.data.comparisons import Comparison
+    from feedback_lm.refit import OnlineRefitter, RefitConfig
+    from feedback_lm.rewards import ModelReward
+
+    reward = ModelReward(_tiny_reward_model(tmp_path / "rm"))
+    initial = {k: v.clone() for k, v in reward.model.policy.state_dict().items()}
+    refitter = OnlineRefitter(RefitConfig(every=1, task="word_sorting", epochs=1, batch_size=2), reward, tmp_path)
+    refitter.comparisons = [Comparison(prompt="Q: a\nA:", responses=[" a", " b"], tiers=[[0], [1]])] * 2
+    with torch.no_grad():  # as if a previous refit had trained the backbone
+        for p in reward.model.policy.parameters():
+            p.add_(1.0)
+    refitter.cfg.epochs = 0  # no training this time: the backbone must be back at its initial weights
+    refitter.refit()
+    for k, v in reward.model.policy.state_dict().items():
+        assert torch.equal(v, initial[k]), k
+
+
+def test_lr_anneal_without_max_steps_uses_the_epochs():
+    """trainer.max_steps=-1: the linear anneal spans the epochs' batches (it used to drop to 0 after step 1)."""
+    module, _ = _module()
+    module._trainer = SimpleNamespace(max_steps=-1, estimated_stepping_batches=40)
+    assert module._total_iterations() == 40
+    assert lr_factor(1, module._total_iterations(), "linear") == pytest.approx(1 - 1 / 40)
+    module._trainer = SimpleNamespace(max_steps=-1, estimated_stepping_batches=float("inf"))
+    with pytest.warns(UserWarning, match="max_steps or trainer.max_epochs"):
+        assert lr_factor(5, module._total_iterations(), "linear") == pytest.approx(1.0)
+    module._trainer = SimpleNamespace(max_steps=12, estimated_stepping_batches=40)
+    assert module._total_iterations() == 12
+
+
+def test_dropout_is_off_and_top_k_warns():
+    module, _ = _module(["model.dropout=0.3"])
+    assert module.model_config.dropout == 0.0
+    assert all(m.p == 0.0 for m in module.policy.modules() if isinstance(m, torch.nn.Dropout))
+    with pytest.warns(UserWarning, match="top_k=5"):
+        _module(["algo.top_k=5"])
+
+
+def test_minibatch_of_empty_prompts_does_not_crash():
+    """A minibatch whose prompts are all empty re-pads to one (padding) prompt column, so the causal
+    forward still has the position that predicts the first response token."""
+    from feedback_lm.rollout import Rollout
+
+    module, _ = _module()
+    eos = module.policy.eos_token_id
+    rows = [{"prompt_ids": torch.zeros(0, dtype=torch.long), "response_ids": torch.tensor([5, 6, eos])},
+            {"prompt_ids": torch.zeros(0, dtype=torch.long), "response_ids": torch.tensor([7, eos])}]
+    mb = Rollout.collate(rows, pad_token_id=module.policy.pad_token_id)
+    assert mb.prompt_ids.shape == (2, 1) and not mb.prompt_mask.any()
+    logprobs, _, _ = module._logprobs_values(mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
+    assert logprobs.shape == (2, 3) and torch.isfinite(logprobs).all()
+
+
+def test_ptx_defaults_give_instructgpt_ratio():
+    """InstructGPT: one inner epoch, so the realised pretraining ratio is ptx_ratio (8x) episodes."""
+    cfg = compose(["algo=ppo_ptx"])
+    assert cfg.algo.ppo_epochs == 1 and cfg.algo.ptx_ratio == 8
+
+
+def test_argument_ranges_are_checked():
+    for bad, name in [("algo.kl_coef=-1", "algo.kl_coef"), ("algo.top_p=0", "algo.top_p"),
+                      ("algo.normalize_samples=1", "algo.normalize_samples"), ("algo.cliprange=0", "algo.cliprange")]:
+        with pytest.raises(Exception, match=name):
+            _module([bad])

@@ -1,4 +1,4 @@
-"""Reward modelling: spec §2.d tests on the pure functions, the read-out, and the plugin contract."""
+"""Reward modelling: the hand-computed cases on the pure functions, the read-out, and the plugin contract."""
 
 import math
 
@@ -143,7 +143,7 @@ def test_saved_reward_model_reloads_with_its_pooling(tmp_path, pooling):
     rm.eval()
     rm.save_pretrained(str(tmp_path))
     loaded = load_reward_model(str(tmp_path))
-    assert loaded.hparams.pooling == pooling
+    assert loaded.pooling == pooling
     prompts, responses = ["Q: sort b a\nA:"] * 2, [" a b", " b a c"]
     torch.testing.assert_close(loaded.rewards(prompts, responses), rm.rewards(prompts, responses), atol=1e-5, rtol=0)
 

@@ -44,3 +44,19 @@ def test_model_reward_matches_the_trained_model(tmp_path):
     prompts, responses = ["Q: a\nA:", "Q: bb\nA:", "Q: c\nA:"], [" x", " yy", " z"]
     torch.testing.assert_close(fn(prompts, responses, [None] * 3), rm.eval().rewards(prompts, responses).detach(),
                                atol=1e-5, rtol=0)
+
+
+def test_callable_reward_function_class_and_errors():
+    import pytest
+
+    from feedback_lm.errors import UserError
+    from feedback_lm.rewards import CallableReward
+
+    fn = CallableReward("feedback_lm.testing.LetterReward")  # a class: built, then called
+    assert fn(["p"], ["ab1"], [None]).tolist() == pytest.approx([2 / 3])
+    length = CallableReward("feedback_lm.rewards.LengthReward", {"target_chars": 2})
+    assert length(["p"], ["abcd"]).tolist() == [-1.0]
+    with pytest.raises(UserError, match="reward.fn=no_such_module.f: cannot import"):
+        CallableReward("no_such_module.f")
+    with pytest.raises(UserError, match="reward.kwargs is for a class"):
+        CallableReward("feedback_lm.ops.masked_mean", {"x": 1})

@@ -302,3 +302,16 @@ def test_equal_minibatch_counts_across_ranks(tmp_path):
     results = {rank: eval((tmp_path / f"rank{rank}.txt").read_text()) for rank in (0, 1)}
     assert results[0] == ([4, 4], [4, 4, 2], 4)
     assert results[1] == ([4, 2], [4, 2], 4)
+
+
+def test_advantages_ride_through_rows_and_collate():
+    """Per-sample advantages (RLOO, GRPO) are a Rollout field: kept by rows(), re-padded by collate()."""
+    ro = Rollout(torch.ones(2, 2, dtype=torch.long), torch.ones(2, 2, dtype=torch.bool),
+                 torch.tensor([[5, 1], [6, 0]]), torch.tensor([[True, True], [True, False]]),
+                 advantages=torch.tensor([0.5, -0.5]))
+    rows = ro.rows()
+    assert float(rows[1]["advantages"]) == -0.5
+    back = Rollout.collate(rows[::-1], pad_token_id=0)
+    assert back.advantages.tolist() == [-0.5, 0.5]
+    with pytest.raises(ValueError, match="advantages"):
+        Rollout(ro.prompt_ids, ro.prompt_mask, ro.response_ids, ro.response_mask, advantages=torch.zeros(3))
