@@ -124,3 +124,34 @@ def test_mean_se():
     m, se = ev.mean_se([1.0, 2.0, 3.0])   # sd 1 -> se 1 / sqrt(3)
     assert m == 2.0 and se == pytest.approx(1 / math.sqrt(3))
     assert math.isnan(ev.mean_se([4.0])[1])
+
+
+# ------------------------------------------------------------------------------ people as judges
+def test_pairwise_items_random_order_records_who_wrote_what():
+    from feedback_lm.label.pairwise import pairwise_items
+
+    items = pairwise_items(["p0", "p1", "p2", "p3"], ["r0", "r1", "r2", "r3"], ["b0", "b1", "b2", "b3"], "ppo", "sft",
+                           seed=0)
+    for i, item in enumerate(items):
+        runs = item["meta"]["pairwise"]["runs"]
+        assert sorted(runs) == ["ppo", "sft"] and item["meta"]["pairwise"]["baseline"] == "sft"
+        assert item["responses"][runs.index("ppo")] == f"r{i}" and item["responses"][runs.index("sft")] == f"b{i}"
+    assert len({tuple(it["meta"]["pairwise"]["runs"]) for it in items}) == 2   # both orders occur (seed 0)
+
+
+def test_human_win_rate_ties_half_and_labels_averaged_per_item():
+    from feedback_lm.label.pairwise import human_win_rates
+
+    def row(item, runs, tiers):
+        return {"item_id": item, "tiers": tiers, "meta": {"pairwise": {"runs": runs, "baseline": "sft"}}}
+
+    rows = [row(1, ["ppo", "sft"], [[0], [1]]),          # ppo shown first and ranked first: 1
+            row(2, ["sft", "ppo"], [[0], [1]]),          # sft ranked first: 0
+            row(3, ["sft", "ppo"], [[0, 1]]),            # tie: 0.5
+            row(4, ["ppo", "sft"], [[0], [1]]),          # two people disagree on item 4: (1 + 0) / 2
+            row(4, ["ppo", "sft"], [[1], [0]]),
+            {"item_id": 9, "tiers": [[0], [1]], "meta": {}}]   # not a pairwise item: ignored
+    rates = human_win_rates(rows, n_boot=50)
+    assert set(rates) == {"ppo"} and rates["ppo"]["baseline"] == "sft" and rates["ppo"]["labels"] == 5
+    assert rates["ppo"]["win_rate"]["value"] == pytest.approx((1 + 0 + 0.5 + 0.5) / 4)
+    assert rates["ppo"]["win_rate"]["n"] == 4
