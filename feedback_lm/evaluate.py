@@ -44,7 +44,7 @@ from feedback_lm.checkpoint import write_json_atomic
 from feedback_lm.errors import UserError
 from feedback_lm.models import TINY_PRESETS
 
-__all__ = ["build_parser", "evaluate", "load_prompt_set", "main", "resolve_run"]
+__all__ = ["build_parser", "evaluate", "format_estimate", "load_prompt_set", "main", "resolve_run"]
 
 MODES = ("greedy", "sampled")
 TABLE_METRICS = ("exact_match", "score", "rougeL", "dist1", "dist2", "length", "copy", "kl", "ppl_baseline",
@@ -328,7 +328,8 @@ def _write_responses(path: Path, rows: Sequence[dict], responses: dict[str, dict
 
 
 # ----------------------------------------------------------------------------------------------- output
-def _cell(est: dict | None, digits: int = 3) -> str:
+def format_estimate(est: dict | None, digits: int = 3) -> str:
+    """``value [lo, hi]`` of an estimate (``-`` for None)."""
     if est is None:
         return "-"
     lo, hi = est["ci"]
@@ -350,7 +351,7 @@ def print_tables(result: dict) -> None:
         for k in TABLE_METRICS:
             cells = [r["metrics"].get(f"{mode}/{k}") for r in result["runs"].values()]
             if any(cells):
-                table.add_row(f"{mode}/{k}", *[_cell(c) for c in cells])
+                table.add_row(f"{mode}/{k}", *[format_estimate(c) for c in cells])
     console.print(table)
     for name, r in result["runs"].items():
         for what, why in r["skipped"].items():

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from feedback_lm.evaluate import format_estimate
 from tests.conftest import REPO
 from tests.integration.test_cli import QUICK, fails_clearly, ok, train
 
@@ -141,3 +142,34 @@ def test_different_tokenizers_generate_with_their_own_and_skip_kl(tmp_path):
     assert "vocabularies differ in size (6 vs" in words["skipped"]["kl"]
     assert "sampled/kl" not in words["metrics"] and "sampled/dist1" in words["metrics"]
     assert "kl skipped (not computed against tiny-t5: vocabularies differ" in proc.stdout
+
+
+PIPELINE = """# @package _global_
+pipeline:
+  - name: base
+    overrides: [algo=sft, trainer.max_steps=1]
+  - name: sft
+    overrides: [algo=sft, trainer.max_steps=3]
+summary:
+  title: tiny eval pipeline
+  evaluate: {runs: [sft], baseline: base, num_prompts: 4, max_new_tokens: 8, n_boot: 50}
+  rows: [[SFT exact match, sft, "eval:greedy/exact_match"], [SFT KL to base, sft, "eval:sampled/kl"],
+         [SFT val accuracy, sft, val/accuracy]]
+"""
+
+
+@pytest.mark.slow
+def test_pipeline_summary_rows_come_from_the_evaluation(tmp_path):
+    conf = tmp_path / "conf" / "experiment"
+    conf.mkdir(parents=True)
+    (conf / "eval_pipe.yaml").write_text(PIPELINE)
+    run = tmp_path / "run"
+    proc = ok(train("--config-dir", str(tmp_path / "conf"), "experiment=eval_pipe", *QUICK, f"hydra.run.dir={run}",
+                    cwd=tmp_path, timeout=900))
+    results = json.loads((run / "pipeline.json").read_text())
+    evaluation = json.loads((run / "eval" / "eval.json").read_text())
+    assert results["eval"]["baseline"] == evaluation["baseline"] == "base"
+    kl = evaluation["runs"]["sft"]["metrics"]["sampled/kl"]
+    line = next(ln for ln in proc.stdout.splitlines() if "SFT KL to base" in ln)
+    assert format_estimate(kl) in line and kl["value"] > 0   # after: sft; before: base (KL 0 to itself)
+    assert "0 [0, 0]" in line
