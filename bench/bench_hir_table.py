@@ -266,7 +266,7 @@ def markdown(rows: list[dict]) -> str:
               "training examples |")
     lines = [header, "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        ci = lambda key: "[{:.1f}, {:.1f}]".format(*(100 * c for c in r[key])) if key in r else ""
+        ci = lambda key, r=r: "[{:.1f}, {:.1f}]".format(*(100 * c for c in r[key])) if key in r else ""
         lines.append(f"| {r['task']} | {r['arm']} | {r['seed']} | {100 * r['generated_acc']:.1f} % "
                      f"{ci('generated_acc_ci')} (n={r['n_generated']}) | {100 * r['bbh_acc']:.1f} % "
                      f"{ci('bbh_acc_ci')} (n={r['n_bbh']}) | "

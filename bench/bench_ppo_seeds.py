@@ -29,9 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: feedback_lm
 
-from _cli import GPU_TRAINER, finish, read_curves, run_jobs, run_train  # noqa: E402 (bench/ is on sys.path)
+from _cli import GPU_TRAINER, finish, read_curves, run_jobs, run_train
 
-from feedback_lm.evaluation import mean_se  # noqa: E402
+from feedback_lm.evaluation import mean_se
 
 COMMON = ["algo=ppo", "model.preset=null", "algo.lr=2e-5", "data.batch_size=256", "algo.minibatch_size=64",
           "trainer.log_every_n_steps=1", "algo.eval_sampled=true"]

@@ -80,7 +80,7 @@ def load_prompt_set(data: str | None, run_config: Path | None, num_prompts: int,
     and a description of where they came from.
 
     ``data``: a task name (its generated held-out stream for ``seed``, as the data module draws it), a BBH
-    ``.json`` file (its held-out 20 %), a ``.jsonl`` file (``prompt``, optional ``response`` / ``target`` /
+    ``.json`` file (its held-out 20 %), a directory of them (up to ``num_prompts`` per task), a ``.jsonl`` file (``prompt``, optional ``response`` / ``target`` /
     ``task``), or None: the held-out set of ``run_config``'s own data settings.
     """
     from feedback_lm.data import files, tasks
@@ -101,12 +101,17 @@ def load_prompt_set(data: str | None, run_config: Path | None, num_prompts: int,
         where = data
     elif data.endswith(".json"):
         rows, where = task_rows(files.load_bbh(data, split="test"), Path(data).stem), f"{data} (held-out 20 %)"
+    elif Path(data).is_dir():  # BBH's task files: up to num_prompts held-out examples of each task
+        bbh = sorted(Path(data).glob("*.json"))
+        rows = [row for f in bbh for row in task_rows(files.load_bbh(f, split="test"), f.stem)[:num_prompts]]
+        num_prompts = len(rows)
+        where = f"{data}: held-out 20 % of {len(bbh)} BBH task files"
     elif data in tasks.task_names():
         _, held_out = generated_split(data, 0, num_prompts, seed, difficulty)
         rows, where = task_rows(held_out, data), f"generated {data}, seed {seed}, difficulty {difficulty or {}}"
     else:
-        raise UserError(f"--data {data}: not a task ({', '.join(tasks.task_names())}), a .json BBH file or a "
-                        f".jsonl file")
+        raise UserError(f"--data {data}: not a task ({', '.join(tasks.task_names())}), a BBH .json file or a "
+                        f"directory of them, or a .jsonl file")
     rows = rows[:num_prompts]
     if not rows:
         raise UserError(f"the prompt set ({where}) is empty: nothing to evaluate on")
@@ -138,7 +143,10 @@ def value_fns(value: str, rows: Sequence[dict]) -> dict[str, Any]:
     names = dict.fromkeys(r["task"] for r in rows)
     if value == "task":
         return {t: build_value_fn({"name": "task", "task": t}) for t in names}
-    fn = build_value_fn({"name": value})
+    try:
+        fn = build_value_fn({"name": value})
+    except UserError as err:
+        raise UserError(f"--value {value}: {err}") from None
     return {t: fn for t in names}
 
 
@@ -258,7 +266,7 @@ def evaluate(runs: Sequence[str], baseline: str | None = None, data: str | None 
     settings = {"seed": seed, "max_new_tokens": max_new_tokens, "temperature": temperature, "batch_size": batch_size,
                 "copy_n": copy_n, "n_boot": n_boot, "level": 0.95, "value": value, "judge": judge, "device": device}
 
-    gen_kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, batch_size=batch_size)
+    gen_kw = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed, "batch_size": batch_size}
     base_policy = load_policy(specs[base_name]["model"], seed, device)
     results: dict[str, dict] = {}
     responses: dict[str, dict[str, list[str]]] = {}
@@ -397,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (with model/), model directories or "
                                                           "tiny presets (untrained)")
     p.add_argument("--baseline", help="the run the others are compared with (default: the first RUN)")
-    p.add_argument("--data", help="task name, BBH .json, or .jsonl (default: the baseline run's held-out set)")
+    p.add_argument("--data", help="task name, BBH .json or a directory of them, or .jsonl (default: the baseline "
+                                  "run's held-out set)")
     p.add_argument("--num-prompts", type=int, default=200, help="at most this many held-out prompts")
     p.add_argument("--difficulty", help="task difficulty knobs as JSON (with --data TASK)")
     p.add_argument("--template", default="Q: {input}\\nA:", help="prompt template (with --data TASK or .json)")

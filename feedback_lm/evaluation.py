@@ -163,8 +163,10 @@ def bootstrap_ci(stat: Callable[[np.ndarray], float], n: int, level: float = 0.9
     ``stat(idx)`` computes the statistic on the samples at the index array ``idx``; the bootstrap draws
     ``n_boot`` index arrays with replacement (fixed ``seed``). The bias correction shifts the percentiles
     by ``z0 = Phi^-1(share of resampled statistics below the full-sample one)``, which keeps statistics
-    such as dist-n, whose resamples are biased (a resample repeats responses), inside their interval.
-    With ``n == 0`` the interval is ``(nan, nan)``; with constant data it is the constant.
+    such as dist-n, whose resamples are biased (a resample repeats responses), inside their interval; where
+    the bias is beyond what the correction can reach (every resample below the estimate, e.g. dist-1 = 1
+    when no word repeats), the interval is widened to reach the estimate. With ``n == 0`` the interval is
+    ``(nan, nan)``; with constant data it is the constant.
     """
     if n == 0:
         return float("nan"), float("nan")
@@ -177,8 +179,8 @@ def bootstrap_ci(stat: Callable[[np.ndarray], float], n: int, level: float = 0.9
     below = (np.sum(boots < full) + 0.5 * np.sum(boots == full)) / n_boot
     z0 = normal.inv_cdf(min(max(below, 1 / (n_boot + 1)), n_boot / (n_boot + 1)))
     z = normal.inv_cdf(0.5 + level / 2)
-    lo, hi = normal.cdf(2 * z0 - z), normal.cdf(2 * z0 + z)
-    return float(np.quantile(boots, lo)), float(np.quantile(boots, hi))
+    lo, hi = np.quantile(boots, [normal.cdf(2 * z0 - z), normal.cdf(2 * z0 + z)])
+    return float(min(lo, full)), float(max(hi, full))
 
 
 def mean_estimate(values: Sequence[float], **kw) -> dict:

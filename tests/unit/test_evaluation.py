@@ -155,3 +155,9 @@ def test_human_win_rate_ties_half_and_labels_averaged_per_item():
     assert set(rates) == {"ppo"} and rates["ppo"]["baseline"] == "sft" and rates["ppo"]["labels"] == 5
     assert rates["ppo"]["win_rate"]["value"] == pytest.approx((1 + 0 + 0.5 + 0.5) / 4)
     assert rates["ppo"]["win_rate"]["n"] == 4
+
+
+def test_bootstrap_interval_reaches_the_estimate_when_every_resample_is_below_it():
+    # 20 responses, no word repeated: dist-1 = 1, and every resample that repeats a response is below 1
+    d = ev.distinct_estimate([f"w{i}" for i in range(20)], 1, n_boot=200)
+    assert d["value"] == 1.0 and d["ci"][1] == 1.0 and d["ci"][0] < 1.0
