@@ -255,6 +255,10 @@ def evaluate(runs: Sequence[str], baseline: str | None = None, data: str | None 
     base_name = add(baseline or runs[0])
     for spec in runs:
         add(spec)
+    if campaign:
+        from feedback_lm.label.pairwise import check_campaign_target
+
+        check_campaign_target(campaign, len(specs))
     config = specs[base_name]["config"] or next((s["config"] for s in specs.values() if s["config"]), None)
     rows, where = load_prompt_set(data, config, num_prompts, seed, difficulty, template)
     fns = value_fns(value, rows)
@@ -293,8 +297,6 @@ def evaluate(runs: Sequence[str], baseline: str | None = None, data: str | None 
             skipped["kl"] = skipped["ppl_baseline"] = f"not computed against {base_name}: {mismatch}"
         results[name] = {"path": str(spec["model"].get("name_or_path") or spec["model"]["preset"]),
                          "metrics": metrics, "skipped": skipped}
-        if policy is not base_policy:
-            del policy
     if judge_model is not None:
         for name in results:
             for mode in MODES:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from feedback_lm.errors import UserError
 
-__all__ = ["create_pairwise_campaign", "format_win_rates", "human_win_rates", "pairwise_items"]
+__all__ = ["check_campaign_target", "create_pairwise_campaign", "format_win_rates", "human_win_rates", "pairwise_items"]
 
 
 def pairwise_items(prompts: Sequence[str], responses: Sequence[str], baseline_responses: Sequence[str],
@@ -38,6 +38,16 @@ def pairwise_items(prompts: Sequence[str], responses: Sequence[str], baseline_re
     return items
 
 
+def check_campaign_target(directory: str | Path, num_runs: int) -> None:
+    """Refuse, before anything is generated, a directory that holds a campaign already or a single run."""
+    from feedback_lm.label.store import CAMPAIGN_FILE
+
+    if (Path(directory) / CAMPAIGN_FILE).exists():
+        raise UserError(f"--campaign {directory} already holds a campaign ({CAMPAIGN_FILE}); pick a new directory")
+    if num_runs < 2:
+        raise UserError("--campaign needs at least one run besides the baseline")
+
+
 def create_pairwise_campaign(directory: str | Path, prompts: Sequence[str], responses: Mapping[str, Sequence[str]],
                              baseline: str, seed: int = 0, overlap: int = 1, source: dict | None = None) -> int:
     """A ``rank``-mode campaign in ``directory`` with one K = 2 item per prompt and run other than ``baseline``
@@ -46,12 +56,9 @@ def create_pairwise_campaign(directory: str | Path, prompts: Sequence[str], resp
     from feedback_lm.label.store import CAMPAIGN_FILE, SQLITE_FILE, Store
 
     directory = Path(directory)
-    if (directory / CAMPAIGN_FILE).exists():
-        raise UserError(f"--campaign {directory} already holds a campaign ({CAMPAIGN_FILE}); pick a new directory")
+    check_campaign_target(directory, len(responses))
     items = [item for k, (name, texts) in enumerate(responses.items()) if name != baseline
              for item in pairwise_items(prompts, texts, responses[baseline], name, baseline, seed + k)]
-    if not items:
-        raise UserError("--campaign needs at least one run besides the baseline")
     config = CampaignConfig(mode="rank", overlap=overlap, source={**(source or {}), "pairwise_baseline": baseline},
                             instructions="Which response is better? Rank the better one first; equal ranks for a tie.")
     directory.mkdir(parents=True, exist_ok=True)
