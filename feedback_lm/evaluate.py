@@ -215,12 +215,12 @@ def baseline_metrics(policy, baseline, prompts: Sequence[str], gen: dict, temper
     """The perplexity of ``policy``'s responses under ``baseline`` (temperature 1) and, for sampled responses
     (``temperature`` given), the KL of ``policy`` to ``baseline`` at that temperature. On greedy responses
     the log-ratio is no KL estimate (they are not draws from ``policy``), so it is left out."""
-    nll = -ev.sequence_logprobs(baseline, prompts, gen["ids"], gen["mask"], 1.0).sum(-1).double().numpy()
+    nll = -ev.response_logprobs(baseline, prompts, gen["ids"], gen["mask"], 1.0).sum(-1).double().numpy()
     ppl = ev.ratio_estimate(nll, gen["mask"].sum(-1).double().numpy(), **boot)
     out = {"ppl_baseline": {**ppl, "value": math.exp(ppl["value"]), "ci": [math.exp(c) for c in ppl["ci"]]}}
     if temperature is not None:
-        lp = ev.sequence_logprobs(policy, prompts, gen["ids"], gen["mask"], temperature)
-        lb = ev.sequence_logprobs(baseline, prompts, gen["ids"], gen["mask"], temperature)
+        lp = ev.response_logprobs(policy, prompts, gen["ids"], gen["mask"], temperature)
+        lb = ev.response_logprobs(baseline, prompts, gen["ids"], gen["mask"], temperature)
         out["kl"] = ev.mean_estimate(ev.kl_per_sample(lp, lb), **boot)
     return out
 

@@ -134,7 +134,7 @@ def vocabulary_mismatch(tokenizer, baseline_tokenizer) -> str | None:
 
 
 @torch.no_grad()
-def sequence_logprobs(policy, prompts: Sequence[str], response_ids: torch.Tensor, response_mask: torch.Tensor,
+def response_logprobs(policy, prompts: Sequence[str], response_ids: torch.Tensor, response_mask: torch.Tensor,
                       temperature: float = 1.0, batch_size: int = 32) -> torch.Tensor:
     """Per-token fp32 log-probs ``[N,R]`` of given responses under ``policy`` at ``temperature`` (0 on
     padding). Prompts are encoded by ``policy`` itself, so an encoder-decoder and a decoder-only model with

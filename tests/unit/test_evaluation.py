@@ -67,11 +67,11 @@ def test_kl_per_sample():
     assert ev.kl_per_sample(lp, lr) == pytest.approx([math.log(2)])
 
 
-def test_sequence_logprobs_match_the_policy_and_kl_to_itself_is_zero():
+def test_response_logprobs_match_the_policy_and_kl_to_itself_is_zero():
     policy = tiny_policy("tiny-gpt2")
     prompts = ["Q: a\nA:", "Q: bb\nA:"]
     r_ids, r_mask = policy.encode_responses(["x y", "z"])
-    lp = ev.sequence_logprobs(policy, prompts, r_ids, r_mask, temperature=0.7, batch_size=1)
+    lp = ev.response_logprobs(policy, prompts, r_ids, r_mask, temperature=0.7, batch_size=1)
     p_ids, p_mask = policy.encode_prompts(prompts)
     with torch.no_grad():
         expected = policy.logprobs(p_ids, p_mask, r_ids, r_mask, temperature=0.7)
