@@ -93,7 +93,7 @@ def load_prompt_set(data: str | None, run_config: Path | None, num_prompts: int,
         if run_config is None:
             raise UserError("no prompt set: give --data (a task name, a BBH .json or a .jsonl file); the runs "
                             "carry no .hydra/config.yaml to take their held-out set from")
-        rows, where = _config_rows(run_config, num_prompts)
+        rows, where = _config_rows(run_config)
     elif data.endswith(".jsonl"):
         rows = [{"prompt": r["prompt"], "reference": r.get("response", r.get("target")),
                  "target": None if r.get("target", r.get("response")) is None else str(r.get("target", r["response"])),
@@ -118,7 +118,7 @@ def load_prompt_set(data: str | None, run_config: Path | None, num_prompts: int,
     return rows, where
 
 
-def _config_rows(config_path: Path, num_prompts: int) -> tuple[list[dict], str]:
+def _config_rows(config_path: Path) -> tuple[list[dict], str]:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -127,7 +127,6 @@ def _config_rows(config_path: Path, num_prompts: int) -> tuple[list[dict], str]:
     if not str(data.get("_target_", "")).endswith("TaskDataModule"):
         raise UserError(f"{config_path}: the run trained on {data.get('_target_')} data, which has no prompt/target "
                         f"held-out set; give --data (a task name, a BBH .json or a .jsonl file)")
-    data["num_val"] = max(int(data.get("num_val") or 0), num_prompts)
     dm = instantiate(data)
     dm.setup()
     task = data.get("task") if data.get("source") == "generated" else Path(str(data.get("path"))).stem
