@@ -376,7 +376,7 @@ def plot_metrics(result: dict, directory: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     directory.mkdir(parents=True, exist_ok=True)
-    names = list(result["runs"])
+    names = [result["baseline"], *(n for n in result["runs"] if n != result["baseline"])]
     metrics = dict.fromkeys(k.split("/", 1)[1] for r in result["runs"].values() for k in r["metrics"])
     paths = []
     for metric in metrics:
@@ -387,7 +387,7 @@ def plot_metrics(result: dict, directory: Path) -> list[Path]:
             vals = [e["value"] for e in ests if e]
             err = [[max(e["value"] - e["ci"][0], 0) for e in ests if e], [max(e["ci"][1] - e["value"], 0) for e in ests if e]]
             if xs:
-                ax.bar(xs, vals, width=0.38, yerr=err, capsize=3, label=mode)
+                ax.bar(xs, vals, width=0.38, yerr=err, capsize=3, label=mode, color=f"C{j}")
         ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
         ax.set_title(f"{metric} (95 % bootstrap interval)", fontsize=9)
         ax.legend(fontsize=7)
