@@ -25,7 +25,8 @@ arm did in its budget (optimizer steps, training examples consumed) next to the 
 (``trainer.limit_val_batches=0``) so that no arm spends budget on evaluation; HIR's in-loop monitor
 (``hir/accuracy``, part of its algorithm) is shrunk to ``--hir-eval-size`` held-out rows.
 
-**Evaluation** (not counted in the budgets): greedy decoding, spec §5.1 normalised exact match, with the
+**Evaluation** (not counted in the budgets): greedy decoding, the task verifier's normalised exact match
+with a 95 % bootstrap interval (``feedback_lm.evaluate`` / ``feedback_lm.evaluation``), with the
 same input for every arm, ``"Solve the question with correct answer.\\n\\nQ: {input}\\nA:"`` (HIR's
 template; SFT and PPO are trained with ``data.template`` set to exactly this text), on
 
@@ -182,47 +183,30 @@ def eval_sets(task: str, seed: int, args) -> dict[str, list]:
 
 
 def load_policy(model_dir: Path | None, seed: int, args):
-    import torch
+    from feedback_lm.evaluate import load_policy as load
 
-    from feedback_lm.models import ModelConfig
-    from feedback_lm.policy import Policy
-
-    torch.manual_seed(seed)
-    if model_dir is None:
-        cfg = ModelConfig(name="tiny-t5", preset="tiny-t5", tokenizer="byte", dropout=0.0,
-                          max_length=args.max_length)
-    else:
-        cfg = ModelConfig(name="tiny-t5", name_or_path=str(model_dir), tokenizer="byte", dropout=0.0,
-                          max_length=args.max_length)
-    policy = Policy.from_config(cfg)
-    policy.model.eval()
-    if args.trainer == "gpu":
-        policy.to("cuda")
-    return policy
+    model = ({"name": "tiny-t5", "preset": "tiny-t5"} if model_dir is None else
+             {"name": "tiny-t5", "name_or_path": str(model_dir)})
+    return load({**model, "tokenizer": "byte", "max_length": args.max_length}, seed,
+                "cuda" if args.trainer == "gpu" else "cpu")
 
 
-def accuracy(policy, examples, max_new_tokens: int, batch: int = 50) -> tuple[float, list[dict], list]:
-    """Greedy exact match; also a few (output, target) samples and the 5 most frequent outputs (a model
-    that answers one constant shows up there)."""
+def accuracy(policy, task: str, examples, max_new_tokens: int, batch: int = 50) -> tuple[dict, list[dict], list]:
+    """Greedy exact match (``feedback_lm.evaluation``: the task verifier, with its 95 % bootstrap interval);
+    also a few (output, target) samples and the 5 most frequent outputs (a model that answers one constant
+    shows up there)."""
     from collections import Counter
 
-    import torch
-
     from feedback_lm.data.tasks import format_prompt
-    from feedback_lm.evaluation import greedy_eval
+    from feedback_lm.evaluate import generate
+    from feedback_lm.evaluation import mean_estimate, task_scores
+    from feedback_lm.values import TaskValue
 
-    correct, shown, answers = [], [], Counter()
-    with torch.inference_mode():
-        for i in range(0, len(examples), batch):
-            chunk = examples[i: i + batch]
-            prompts = [f"{INSTRUCTION}\n\n{format_prompt(e, QUERY_TEMPLATE)}" for e in chunk]
-            outputs, ok = greedy_eval(policy, prompts, [e.target for e in chunk], max_new_tokens,
-                                      device=next(policy.model.parameters()).device)
-            correct += ok.tolist()
-            answers.update(o.strip() for o in outputs)
-            if not shown:
-                shown = [{"output": o, "target": e.target} for o, e in zip(outputs[:3], chunk)]
-    return (sum(correct) / len(correct) if correct else 0.0), shown, answers.most_common(5)
+    prompts = [f"{INSTRUCTION}\n\n{format_prompt(e, QUERY_TEMPLATE)}" for e in examples]
+    outputs = generate(policy, prompts, "greedy", max_new_tokens, 1.0, seed=0, batch_size=batch)["texts"]
+    exact, _ = task_scores(TaskValue(task), prompts, outputs, [e.target for e in examples])
+    shown = [{"output": o, "target": e.target} for o, e in zip(outputs[:3], examples)]
+    return mean_estimate(exact), shown, Counter(o.strip() for o in outputs).most_common(5)
 
 
 def evaluate(model_dir: Path | None, task: str, seed: int, sets: dict, args) -> dict:
@@ -230,9 +214,10 @@ def evaluate(model_dir: Path | None, task: str, seed: int, sets: dict, args) -> 
     policy = load_policy(model_dir, seed, args)
     gen = TASKS[task]["gen_tokens"]
     bbh_tokens = min(256, max(len(e.target.encode()) for e in sets["bbh"]) + 8)
-    acc_gen, shown_gen, top_gen = accuracy(policy, sets["generated"], gen)
-    acc_bbh, shown_bbh, top_bbh = accuracy(policy, sets["bbh"], bbh_tokens)
-    return {"generated_acc": acc_gen, "bbh_acc": acc_bbh, "n_generated": len(sets["generated"]),
+    acc_gen, shown_gen, top_gen = accuracy(policy, task, sets["generated"], gen)
+    acc_bbh, shown_bbh, top_bbh = accuracy(policy, task, sets["bbh"], bbh_tokens)
+    return {"generated_acc": acc_gen["value"], "bbh_acc": acc_bbh["value"], "generated_acc_ci": acc_gen["ci"],
+            "bbh_acc_ci": acc_bbh["ci"], "n_generated": len(sets["generated"]),
             "n_bbh": len(sets["bbh"]), "eval_seconds": round(time.perf_counter() - t, 1),
             "samples_generated": shown_gen, "samples_bbh": shown_bbh,
             "top_outputs_generated": top_gen, "top_outputs_bbh": top_bbh}
@@ -277,12 +262,14 @@ def run_task(task: str, seed: int, work: Path, args) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    header = ("| task | arm | seed | generated held-out acc | real BBH acc | fit time (s) | optimizer steps | "
+    header = ("| task | arm | seed | generated held-out acc [95 % CI] | real BBH acc [95 % CI] | fit time (s) | optimizer steps | "
               "training examples |")
     lines = [header, "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
+        ci = lambda key, r=r: "[{:.1f}, {:.1f}]".format(*(100 * c for c in r[key])) if key in r else ""
         lines.append(f"| {r['task']} | {r['arm']} | {r['seed']} | {100 * r['generated_acc']:.1f} % "
-                     f"(n={r['n_generated']}) | {100 * r['bbh_acc']:.1f} % (n={r['n_bbh']}) | "
+                     f"{ci('generated_acc_ci')} (n={r['n_generated']}) | {100 * r['bbh_acc']:.1f} % "
+                     f"{ci('bbh_acc_ci')} (n={r['n_bbh']}) | "
                      f"{r['fit_seconds']:.0f} | {r['optimizer_steps']} | {r['train_examples']} |")
     seeds = sorted({r["seed"] for r in rows})
     if len(seeds) > 1:

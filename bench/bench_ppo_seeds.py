@@ -14,20 +14,27 @@ Arms: ``verifier`` (the true reward, adaptive KL), ``rm`` (a trained reward mode
       --arms verifier,rm,rm_beta0 --seeds 0,1,2 --iterations 40 --parallel 3 --json out.json --plot out.png
 
 ``--sft``/``--rm`` come from ``python train.py experiment=instructgpt_tiny`` (its sft/ and reward_model/
-stages). ``--trainer gpu`` runs every process on the one GPU (fp32, as on CPU).
+stages). ``--trainer gpu`` runs every process on the one GPU (fp32, as on CPU). ``--evaluate`` saves every
+run's model and evaluates them all with ``feedback_lm.evaluate`` against the SFT model on its held-out
+prompts (greedy and sampled exact match, KL to SFT, dist-2, and the reward model's win rate against SFT),
+mean +- standard error over seeds per arm; the per-run numbers with intervals are in ``<work>/eval/``.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: feedback_lm
+
 from _cli import GPU_TRAINER, finish, read_curves, run_jobs, run_train
 
+from feedback_lm.evaluation import mean_se
+
 COMMON = ["algo=ppo", "model.preset=null", "algo.lr=2e-5", "data.batch_size=256", "algo.minibatch_size=64",
-          "trainer.log_every_n_steps=1", "algo.eval_sampled=true", "save_model=false"]
+          "trainer.log_every_n_steps=1", "algo.eval_sampled=true"]
 ARMS = {
     "verifier": ["reward=verifier", "algo.kl_horizon=1000"],
     "rm": ["reward=model", "reward.path={rm}", "algo.kl_horizon=1000"],
@@ -42,17 +49,11 @@ def run_one(arm: str, seed: int, args, out_root: Path) -> dict:
     overrides = [*COMMON, f"model.name_or_path={args.sft}", f"seed={seed}", f"data.seed={args.data_seed}",
                  f"trainer.max_steps={args.iterations}", f"trainer.val_check_interval={args.val_every}",
                  f"checkpoint_every_n_steps={args.iterations}",
+                 f"save_model={str(args.evaluate).lower()}",
                  *[o.format(rm=args.rm) for o in ARMS[arm]], *args.trainer_overrides]
     run = run_train(overrides, run_dir, args.threads, args.run_timeout)
     print(f"{arm} seed {seed}: rc={run['rc']} in {run['wall_seconds']:.0f}s", flush=True)
     return {"arm": arm, "seed": seed, **run, "curves": read_curves(run_dir / "metrics.csv", CURVES, args.iterations)}
-
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    m = sum(values) / n
-    se = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1) / n) if n > 1 else float("nan")
-    return m, se
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -77,6 +78,34 @@ def summarise(runs: list[dict]) -> dict:
         row["wall_seconds"] = [r["wall_seconds"] for r in sel]
         out[arm] = row
     return out
+
+
+EVAL_METRICS = ("greedy/exact_match", "sampled/exact_match", "sampled/kl", "sampled/dist2", "sampled/rm_win_rate")
+
+
+def evaluate_runs(runs: list[dict], args, out_root: Path) -> dict:
+    """``python -m feedback_lm.evaluate`` on every finished run's model against the SFT model (its held-out
+    prompts; the reward model as judge when given); per arm, the mean +- standard error over seeds."""
+    from feedback_lm.evaluate import evaluate
+
+    dirs = {f"{r['arm']}_s{r['seed']}": r for r in runs if (out_root / f"{r['arm']}_s{r['seed']}" / "model").is_dir()}
+    result = evaluate([str(out_root / d) for d in dirs], baseline=args.sft, judge=args.rm, out=out_root / "eval",
+                      num_prompts=args.eval_prompts, max_new_tokens=32, device="cuda" if args.trainer == "gpu" else None)
+    summary = {}
+    for arm in dict.fromkeys(r["arm"] for r in dirs.values()):
+        metrics = [result["runs"][d]["metrics"] for d, r in dirs.items() if r["arm"] == arm]
+        summary[arm] = {k: mean_se([m[k]["value"] for m in metrics]) for k in EVAL_METRICS if all(k in m for m in metrics)}
+    summary[result["baseline"]] = {k: (v["value"], 0.0) for k, v in result["runs"][result["baseline"]]["metrics"].items()
+                                   if k in EVAL_METRICS}
+    return {"eval_json": str(out_root / "eval" / "eval.json"), "by_arm": summary}
+
+
+def eval_markdown(evaluation: dict) -> str:
+    lines = ["| arm | " + " | ".join(EVAL_METRICS) + " |", "|---|" + "---|" * len(EVAL_METRICS)]
+    for arm, row in evaluation["by_arm"].items():
+        lines.append(f"| {arm} | " + " | ".join(f"{row[k][0]:.3f} ± {row[k][1]:.3f}" if k in row else "" for k in EVAL_METRICS)
+                     + " |")
+    return "\n".join(lines)
 
 
 def markdown(summary: dict, iterations: int) -> str:
@@ -139,6 +168,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--work", default="/tmp/bench_ppo_seeds")
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None)
+    p.add_argument("--evaluate", action="store_true", help="save every run's model and evaluate them with "
+                   "feedback_lm.evaluate against the SFT model (KL, dist-2, exact match, RM win rate)")
+    p.add_argument("--eval-prompts", type=int, default=200, help="held-out prompts of the evaluation")
     p.add_argument("extra", nargs="*", help="more Hydra overrides for every run")
     args = p.parse_args(argv)
     if args.replot:
@@ -164,9 +196,14 @@ def main(argv: list[str] | None = None) -> dict:
     summary = summarise(runs)
     table = markdown(summary, args.iterations)
     print(table)
+    evaluation = evaluate_runs(runs, args, work) if args.evaluate else None
+    if evaluation:
+        evaluation["table"] = eval_markdown(evaluation)
+        print(evaluation["table"])
     return finish({"what": "PPO from the SFT model on the embedded default, several seeds (bench/bench_ppo_seeds.py)",
                    "sft": args.sft, "rm": args.rm, "iterations": args.iterations, "trainer": args.trainer,
-                   "summary": summary, "table": table, "runs": runs}, t, args.json, args.plot, plot)
+                   "summary": summary, "table": table, "evaluation": evaluation, "runs": runs},
+                  t, args.json, args.plot, plot)
 
 
 if __name__ == "__main__":

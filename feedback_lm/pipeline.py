@@ -17,7 +17,9 @@ the stage's own overrides come after them. A stage whose directory already holds
 whose labels file exists) is skipped, so re-running the same command after an interruption resumes at
 the first unfinished stage. At the end: ``pipeline.json`` (every stage's metrics), a summary table and,
 when ``compare`` names two PPO stages, ``reward_hacking.png`` (score, KL and held-out accuracy per
-iteration of both).
+iteration of both). ``summary.evaluate: {runs: [stages], baseline: stage, judge: stage, ...}`` evaluates the
+stages' models with :mod:`feedback_lm.evaluate` into ``<run dir>/eval/``; summary rows whose metric is
+``eval:<mode>/<name>`` (e.g. ``eval:greedy/exact_match``) show its numbers with their intervals.
 """
 
 from __future__ import annotations
@@ -93,11 +95,16 @@ def run_pipeline(cfg: DictConfig, base_overrides: Sequence[str] | None = None) -
                 results[name] = json.loads(done.read_text())
                 continue
             overrides = [*base, *_fill_any(list(stage["overrides"]), dirs), f"run_dir={stage_dir}"]
-            results[name] = run_one(_compose(overrides))
+            stage_cfg = _compose(overrides)
+            (stage_dir / ".hydra").mkdir(parents=True, exist_ok=True)  # where a standalone run keeps its config
+            OmegaConf.save(stage_cfg, stage_dir / ".hydra" / "config.yaml")
+            results[name] = run_one(stage_cfg)
         else:
             raise UserError(f"pipeline stage {name!r}: give `overrides: [...]` (a training run) or `collect: {{...}}`")
-    write_json_atomic(run_dir / "pipeline.json", results)
     summary = OmegaConf.to_container(cfg.get("summary") or {}, resolve=True)
+    if isinstance(summary, dict) and summary.get("evaluate"):
+        results["eval"] = _evaluate_stages(summary["evaluate"], run_dir)
+    write_json_atomic(run_dir / "pipeline.json", results)
     _print_table(summary, results, run_dir)
     compare = summary.get("compare") if isinstance(summary, dict) else None
     if compare:
@@ -136,6 +143,23 @@ def _collect_stage(spec: Mapping[str, Any], dirs: Mapping[str, str]) -> dict[str
     return summary
 
 
+def _evaluate_stages(spec: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
+    """``summary.evaluate``: ``python -m feedback_lm.evaluate`` on the named stages' models, against the
+    ``baseline`` stage, judged by the ``judge`` stage's reward model (optional); the other keys are
+    :func:`feedback_lm.evaluate.evaluate` settings. Writes ``<run dir>/eval/``; returns its ``eval.json``."""
+    from feedback_lm.evaluate import evaluate
+
+    done = run_dir / "eval" / "eval.json"
+    if done.is_file():
+        print(f"evaluation: already done ({done}), skipping")
+        return json.loads(done.read_text())
+    spec = dict(spec)
+    runs, baseline, judge = spec.pop("runs"), spec.pop("baseline", None), spec.pop("judge", None)
+    _banner("pipeline evaluation")
+    return evaluate([str(run_dir / r) for r in runs], baseline=str(run_dir / baseline) if baseline else None,
+                    judge=str(run_dir / judge / "model") if judge else None, out=run_dir / "eval", **spec)
+
+
 def _banner(text: str) -> None:
     from rich.console import Console
 
@@ -143,7 +167,10 @@ def _banner(text: str) -> None:
 
 
 def _print_table(summary: Mapping[str, Any], results: Mapping[str, Any], run_dir: Path) -> None:
-    """``summary.rows``: ``[label, stage, metric]`` triples; ``before`` values come from ``before/<metric>``."""
+    """``summary.rows``: ``[label, stage, metric]`` triples; ``before`` values come from ``before/<metric>``.
+
+    A metric ``eval:<mode>/<name>`` comes from the pipeline's evaluation (``summary.evaluate``): ``after`` is
+    the stage's value with its 95 % interval, ``before`` the evaluation baseline's."""
     from rich.console import Console
     from rich.table import Table
 
@@ -153,7 +180,16 @@ def _print_table(summary: Mapping[str, Any], results: Mapping[str, Any], run_dir
     table = Table(title=summary.get("title", "pipeline summary"))
     for col in ("", "stage", "before", "after"):
         table.add_column(col, justify="left" if col in ("", "stage") else "right")
+    from feedback_lm.evaluate import format_estimate
+
+    evaluation = results.get("eval") or {}
     for label, stage, metric in rows:
+        if metric.startswith("eval:"):
+            key = metric[len("eval:"):]
+            runs = evaluation.get("runs", {})
+            before = format_estimate((runs.get(evaluation.get("baseline")) or {}).get("metrics", {}).get(key))
+            table.add_row(label, stage, before, format_estimate((runs.get(stage) or {}).get("metrics", {}).get(key)))
+            continue
         metrics = results.get(stage) or {}
         before, after = metrics.get("before/" + metric), metrics.get(metric)
         table.add_row(label, stage, "" if before is None else f"{before:.4g}", "" if after is None else f"{after:.4g}")

@@ -25,6 +25,7 @@ from pathlib import Path
 from feedback_lm.errors import UserError
 from feedback_lm.label import campaign as sources
 from feedback_lm.label.config import MODES, CampaignConfig
+from feedback_lm.label.pairwise import format_win_rates, human_win_rates
 from feedback_lm.label.stats import format_stats, label_stats
 from feedback_lm.label.store import CAMPAIGN_FILE, SQLITE_FILE, Store, check_items, open_campaign
 
@@ -91,9 +92,13 @@ def serve(args: argparse.Namespace) -> None:
 
 def stats(args: argparse.Namespace) -> None:
     store = open_campaign(args.dir, args.db)
-    result = label_stats(store.labeled_rows(), store.counts())
+    rows = store.labeled_rows()
+    result = label_stats(rows, store.counts())
     store.close()
     print(format_stats(result))
+    if rates := human_win_rates(rows):  # pairwise campaigns (python -m feedback_lm.evaluate --campaign)
+        result["human_win_rates"] = rates
+        print(format_win_rates(rates))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
