@@ -32,7 +32,14 @@ from feedback_lm.errors import UserError
 from feedback_lm.label import campaign as sources
 from feedback_lm.label.config import MODES, CampaignConfig
 from feedback_lm.label.stats import format_stats, label_stats
-from feedback_lm.label.store import CAMPAIGN_FILE, SQLITE_FILE, Store, check_items, open_campaign, private_file
+from feedback_lm.label.store import (
+    CAMPAIGN_FILE,
+    SQLITE_FILE,
+    Store,
+    check_items,
+    open_campaign,
+    private_file,
+)
 
 __all__ = ["main"]
 

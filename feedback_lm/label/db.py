@@ -242,7 +242,7 @@ class Database:
             try:
                 with self.transaction(write=False) as cur:
                     cur.execute(f"SELECT {columns} FROM {table} WHERE 1 = 0")
-            except Exception as err:  # noqa: BLE001 - sqlite3 and psycopg name a missing column differently
+            except Exception as err:  # sqlite3 and psycopg name a missing column differently
                 if "column" not in str(err).lower():
                     raise
                 raise UserError(f"{self!r} holds label tables of an older feedback_lm (no {table}.{columns}); "

@@ -307,8 +307,8 @@ def test_long_response_is_collapsed_and_j_scrolls_to_it(site):
     try:
         height = driver.execute_script("return document.documentElement.scrollHeight")
         assert height < 3000, height  # a 9 kB response made the page 8,825 px tall
-        long_box = [c.find_element(By.CSS_SELECTOR, ".response-text") for c in cards(driver)
-                    if "word word" in c.text][0]
+        long_box = next(c.find_element(By.CSS_SELECTOR, ".response-text") for c in cards(driver)
+                        if "word word" in c.text)
         assert "long" in long_box.get_attribute("class")
         in_view = "const r = arguments[0].getBoundingClientRect(); return r.top >= -1 && r.bottom <= window.innerHeight + 1"
         assert not driver.execute_script(in_view, cards(driver)[3])

@@ -19,9 +19,9 @@ from feedback_lm.label.store import Store
 from tests.label.helpers import PG_URL, items, make_store, need_service
 
 fastapi = pytest.importorskip("fastapi", reason="the label extra is not installed: pip install '.[label]'")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from feedback_lm.label.app import create_app  # noqa: E402
+from feedback_lm.label.app import create_app
 
 
 def auth(token: str) -> dict:
