@@ -344,3 +344,29 @@ def test_instructions_are_safe_markdown_and_flags_take_comments(site):
     (row,) = [r for r in store.labeled_rows() if r["labeler"] == name]
     stored_d = row["display_order"][3]
     assert row["flags"][stored_d] == ["harmful"] and row["comments"][stored_d] == {"harmful": "calls the user names"}
+
+
+def test_researchers_page_needs_the_admin_token(site):
+    from selenium.webdriver.common.by import By
+
+    driver, server, store = site
+    labeler = store.add_labeler("not-the-admin")
+    driver.get(server.url + "/admin")
+    driver.execute_script("sessionStorage.clear()")
+    driver.get(server.url + "/admin")
+    wait(driver, lambda d: by_id(d, "signin").is_displayed())
+    by_id(driver, "token").send_keys(labeler)
+    by_id(driver, "signin-btn").click()
+    wait(driver, lambda d: by_id(d, "signin-error").text == "That is not this campaign's admin token.")
+    assert not by_id(driver, "report").is_displayed()
+
+    by_id(driver, "token").clear()
+    by_id(driver, "token").send_keys(store.admin_token())
+    by_id(driver, "signin-btn").click()
+    wait(driver, lambda d: by_id(d, "report").is_displayed())
+    people = {r.find_elements(By.TAG_NAME, "td")[0].text: r for r in
+              driver.find_elements(By.CSS_SELECTOR, "#people tr")[1:]}
+    assert set(people) == {p["name"] for p in store.labelers()}
+    assert "ranks: Krippendorff's alpha (ordinal)" in by_id(driver, "between").text
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#items tr")) == 1 + len(
+        {r["item_id"] for r in store.labeled_rows()})

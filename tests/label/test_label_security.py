@@ -244,3 +244,26 @@ def test_gold_items_must_have_as_many_responses_as_the_others(tmp_path, capsys):
     err = fail(capsys, "create", str(tmp_path / "c"), "--items", str(src), "--gold", str(gold))
     assert "row 1 has 2 responses but the items have [4]" in err
     assert not (tmp_path / "c" / "campaign.json").exists()
+
+
+def test_token_commands(tmp_path, capsys):
+    from feedback_lm.label.__main__ import main
+    from feedback_lm.label.store import open_campaign
+    from tests.label.helpers import make_campaign
+
+    make_campaign(tmp_path / "c", items(1))
+    last_line = lambda: capsys.readouterr().out.strip().splitlines()[-1]
+    main(["add-labeler", str(tmp_path / "c"), "ada"])
+    first = last_line()
+    main(["rotate", str(tmp_path / "c"), "ada"])
+    second = last_line()
+    store = open_campaign(tmp_path / "c")
+    assert store.labeler_for_token(first) is None and store.labeler_for_token(second)[1] == "ada"
+    main(["revoke", str(tmp_path / "c"), "ada"])
+    assert "revoked ada's token" in capsys.readouterr().out and store.labeler_for_token(second) is None
+    main(["remove-labeler", str(tmp_path / "c"), "ada"])
+    assert "removed ada and their 0 label(s)" in capsys.readouterr().out and store.labelers() == []
+    main(["admin-token", str(tmp_path / "c")])
+    assert store.is_admin(last_line())
+    assert "no labeler named 'bob'" in fail(capsys, "revoke", str(tmp_path / "c"), "bob")
+    store.close()
