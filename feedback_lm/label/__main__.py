@@ -5,13 +5,18 @@
     python -m feedback_lm.label create runs/label1 --model tiny-gpt2 --task word_sorting --num-prompts 20 \\
         --k 4 --mode rank --likert --flags harmful,fails_instruction --overlap 2 --seed 0
     python -m feedback_lm.label add-labeler runs/label1 ada        # prints ada's token once
+    python -m feedback_lm.label rotate runs/label1 ada             # a new token (the old one stops working)
+    python -m feedback_lm.label revoke runs/label1 ada             # no more sign-in; labels kept
+    python -m feedback_lm.label remove-labeler runs/label1 ada     # delete ada and ada's labels
+    python -m feedback_lm.label admin-token runs/label1            # the researcher's page: /admin
     python -m feedback_lm.label serve runs/label1 --port 8000      # then open http://127.0.0.1:8000
     python -m feedback_lm.label stats runs/label1 [--json stats.json]
     python -m feedback_lm.label export runs/label1 --out labels.jsonl
     python train.py algo=reward_model data=comparisons data.source=jsonl data.path=labels.jsonl
 
 A campaign directory holds ``campaign.json`` (name and database) and, by default, the SQLite
-database ``labels.sqlite``. ``--db postgresql://user@host/db`` (or ``FEEDBACK_LM_LABEL_DB``) puts the
+database ``labels.sqlite``; both, and the files ``export`` and ``stats --json`` write, are created
+readable by their owner only (0600). ``--db postgresql://user@host/db`` (or ``FEEDBACK_LM_LABEL_DB``) puts the
 store in PostgreSQL for a team; several campaigns can share one database.
 """
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -27,7 +33,14 @@ from feedback_lm.label import campaign as sources
 from feedback_lm.label.config import MODES, CampaignConfig
 from feedback_lm.label.pairwise import format_win_rates, human_win_rates
 from feedback_lm.label.stats import format_stats, label_stats
-from feedback_lm.label.store import CAMPAIGN_FILE, SQLITE_FILE, Store, check_items, open_campaign
+from feedback_lm.label.store import (
+    CAMPAIGN_FILE,
+    SQLITE_FILE,
+    Store,
+    check_items,
+    open_campaign,
+    private_file,
+)
 
 __all__ = ["main"]
 
@@ -44,7 +57,10 @@ def create(args: argparse.Namespace) -> None:
     elif args.model:
         if bool(args.prompts) == bool(args.task):
             raise UserError("with --model, give the prompt set: --prompts FILE or --task NAME")
-        difficulty = json.loads(args.difficulty) if args.difficulty else {}
+        try:
+            difficulty = json.loads(args.difficulty) if args.difficulty else {}
+        except json.JSONDecodeError as err:
+            raise UserError(f"--difficulty is not valid JSON ({err.msg}); e.g. '{{\"max_words\": 3}}'") from None
         prompts = (sources.read_prompts(args.prompts) if args.prompts else
                    sources.task_prompts(args.task, args.num_prompts, args.seed, difficulty,
                                         args.template.replace("\\n", "\n")))
@@ -60,11 +76,17 @@ def create(args: argparse.Namespace) -> None:
                             lease_seconds=args.lease_minutes * 60, instructions=args.instructions, source=source)
     gold = sources.read_gold(args.gold) if args.gold else []
     check_items(items + gold)  # before anything is created
+    sizes = {len(it["responses"]) for it in items}
+    odd = [n for n, g in enumerate(gold, start=1) if items and len(g["responses"]) not in sizes]
+    if odd:
+        raise UserError(f"--gold {args.gold}: row {odd[0]} has {len(gold[odd[0] - 1]['responses'])} responses but the "
+                        f"items have {sorted(sizes)}; gold items must look like the others, or they stand out")
     name = args.name or directory.resolve().name
     directory.mkdir(parents=True, exist_ok=True)
     store = Store.create(args.db or str(directory / SQLITE_FILE), name, config)
     store.add_items(sources.interleave_gold(items, gold))
     store.close()
+    private_file(directory / CAMPAIGN_FILE)
     (directory / CAMPAIGN_FILE).write_text(json.dumps({"name": name, "db": args.db}, indent=2) + "\n")
     print(f"created campaign {name!r} in {directory}: {len(items)} items, {len(gold)} gold items, "
           f"mode {args.mode}, overlap {args.overlap}")
@@ -78,6 +100,36 @@ def add_labeler(args: argparse.Namespace) -> None:
     print(f"token for {args.name} (shown once; only its hash is stored):\n{token}")
 
 
+def rotate(args: argparse.Namespace) -> None:
+    store = open_campaign(args.dir, args.db)
+    token = store.rotate(args.name)
+    store.close()
+    print(f"new token for {args.name} (the old one no longer signs in; shown once):\n{token}")
+
+
+def revoke(args: argparse.Namespace) -> None:
+    store = open_campaign(args.dir, args.db)
+    released = store.revoke(args.name)
+    store.close()
+    print(f"revoked {args.name}'s token ({released} held item(s) released; their labels are kept; "
+          f"`rotate` gives them a new token)")
+
+
+def remove_labeler(args: argparse.Namespace) -> None:
+    store = open_campaign(args.dir, args.db)
+    deleted = store.remove_labeler(args.name)
+    store.close()
+    print(f"removed {args.name} and their {deleted} label(s) from {store.name!r}")
+
+
+def admin_token(args: argparse.Namespace) -> None:
+    store = open_campaign(args.dir, args.db)
+    token = store.admin_token()
+    store.close()
+    print(f"admin token for the researcher's page /admin of {store.name!r} (any previous admin token stops "
+          f"working; shown once):\n{token}")
+
+
 def serve(args: argparse.Namespace) -> None:
     try:
         import uvicorn
@@ -87,19 +139,20 @@ def serve(args: argparse.Namespace) -> None:
         raise UserError("serve needs the label extra: pip install 'feedback_lm[label]' (FastAPI, uvicorn)") from None
     store = open_campaign(args.dir, args.db)
     print(f"labeling {store.name!r} at http://{args.host}:{args.port}/ (Ctrl+C stops)", flush=True)
-    uvicorn.run(create_app(store), host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(create_app(store, openapi=args.openapi), host=args.host, port=args.port, log_level=args.log_level)
 
 
 def stats(args: argparse.Namespace) -> None:
     store = open_campaign(args.dir, args.db)
     rows = store.labeled_rows()
-    result = label_stats(rows, store.counts())
+    result = label_stats(rows, store.counts(), store.config.mode)
     store.close()
     print(format_stats(result))
     if rates := human_win_rates(rows):  # pairwise campaigns (python -m feedback_lm.evaluate --campaign)
         result["human_win_rates"] = rates
         print(format_win_rates(rates))
     if args.json:
+        private_file(args.json)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
 
@@ -154,11 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = command("add-labeler", add_labeler, "register a person and print their sign-in token (once)")
     a.add_argument("name")
+    for name, fn, text in (("rotate", rotate, "give a person a new token (the old one stops working)"),
+                           ("revoke", revoke, "stop a person's token from signing in (their labels are kept)"),
+                           ("remove-labeler", remove_labeler, "delete a person and their labels")):
+        command(name, fn, text).add_argument("name")
+    command("admin-token", admin_token, "print a new admin token for the researcher's page /admin")
 
     s = command("serve", serve, "run the labeling web app")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--log-level", default="info")
+    s.add_argument("--openapi", action="store_true", help="also serve the API's description at /openapi.json")
 
     t = command("stats", stats, "per-labeler agreement (gold, peers), time per item, late labels")
     t.add_argument("--json", help="also write the numbers to this JSON file")
@@ -176,8 +235,9 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    except json.JSONDecodeError as err:
-        print(f"error: --difficulty is not valid JSON ({err.msg})", file=sys.stderr)
+    except sqlite3.DatabaseError as err:  # damage found past the file's header, mid-command
+        print(f"error: the label store of {args.dir} is damaged ({err}); restore labels.sqlite from a backup",
+              file=sys.stderr)
         sys.exit(2)
 
 

@@ -4,14 +4,17 @@
 :func:`validate_label` turns the JSON a labeler submits into the stored form or refuses it with one
 message that says what is wrong (nothing is written for a refused label).
 
-The submitted label (the body of ``POST /api/assignments/{id}/label``), indices are positions in
-the item's ``responses`` as stored (not the shuffled display order)::
+The submitted label (the body of ``POST /api/assignments/{id}/label``)::
 
     {"idempotency_key": "a1b2c3d4...",          # one per assignment; a retry sends the same key
      "best": 2,                                 # mode "best" (Ziegler et al. 2019 §2), or
      "ranking": [2, [0, 3], 1],                 # mode "rank": best first, ties nested (InstructGPT §3.5)
      "likert": [5, 2, 7, 4],                    # 1..7 per response, when the campaign asks for it
-     "flags": [[], ["harmful"], [], []]}        # per response, names from the campaign's flags
+     "flags": [[], ["harmful"], [], []],        # per response, names from the campaign's flags
+     "comments": [{}, {"harmful": "insults"}, {}, {}]}  # optional: a note per flag that is on
+
+The web page sends indices as *display positions* (the page never learns how responses are stored);
+:meth:`ValidLabel.to_stored` maps them back with the assignment's display order, kept on the server.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ MODES = ("best", "rank")
 LIKERT_RANGE = (1, 7)  # InstructGPT's 1-7 overall quality scale (Ouyang et al. 2022, appendix B)
 _FLAG_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 _KEY = re.compile(r"^[A-Za-z0-9_-]{8,100}$")
-_LABEL_FIELDS = {"idempotency_key", "best", "ranking", "likert", "flags"}
+_LABEL_FIELDS = {"idempotency_key", "best", "ranking", "likert", "flags", "comments"}
+MAX_COMMENT_CHARS = 2000
 
 
 class LabelError(UserError):
@@ -88,6 +92,24 @@ class ValidLabel:
     best: int | None
     likert: list[int] | None
     flags: list[list[str]]
+    comments: list[dict[str, str]]
+
+    def to_stored(self, order: list[int]) -> ValidLabel:
+        """The same label with display positions turned into stored indices (``order[pos]`` = index)."""
+        def per_response(values: list) -> list:
+            out = [None] * len(order)
+            for pos, value in enumerate(values):
+                out[order[pos]] = value
+            return out
+
+        return ValidLabel(self.idempotency_key, [sorted(order[p] for p in t) for t in self.tiers],
+                          None if self.best is None else order[self.best],
+                          None if self.likert is None else per_response(self.likert),
+                          per_response(self.flags), per_response(self.comments))
+
+    def to_shown(self, order: list[int]) -> ValidLabel:
+        """The inverse of :meth:`to_stored`: stored indices as display positions."""
+        return self.to_stored([order.index(i) for i in range(len(order))])
 
 
 def validate_label(payload: object, k: int, config: CampaignConfig) -> ValidLabel:
@@ -140,7 +162,20 @@ def validate_label(payload: object, k: int, config: CampaignConfig) -> ValidLabe
                 raise LabelError(f"response {i}: unknown flag {name!r}; this campaign's flags are {config.flags}")
         if len(set(names)) != len(names):
             raise LabelError(f"response {i}: flag listed twice in {names}")
-    return ValidLabel(key, tiers, best, likert, [sorted(f) for f in flags])
+    comments = payload.get("comments")
+    if comments is None:
+        comments = [{} for _ in range(k)]
+    if not isinstance(comments, list) or len(comments) != k or not all(isinstance(c, dict) for c in comments):
+        raise LabelError(f'"comments" must be a list of {k} objects (flag name -> note), got {comments!r:.80}')
+    for i, notes in enumerate(comments):
+        for name, note in notes.items():
+            if name not in flags[i]:
+                raise LabelError(f"response {i}: a comment on flag {name!r}, which is not set on it")
+            if not isinstance(note, str) or len(note) > MAX_COMMENT_CHARS:
+                raise LabelError(f"response {i}: the comment on {name!r} must be text of at most "
+                                 f"{MAX_COMMENT_CHARS} characters")
+    comments = [{n: c.strip() for n, c in sorted(notes.items()) if c.strip()} for notes in comments]
+    return ValidLabel(key, tiers, best, likert, [sorted(f) for f in flags], comments)
 
 
 def tiers_to_ranking(tiers: list[list[int]]) -> list:

@@ -14,11 +14,18 @@ the auto-increment primary key, and how a writing transaction serializes with th
 Unique indexes (one live holder per slot, one assignment and one label per person and item, one
 label per idempotency key) back up the locking in both, so a bug cannot store a double assignment.
 
-Connections are kept one per thread (FastAPI runs sync endpoints in a thread pool).
+Connections are kept one per thread (FastAPI runs sync endpoints in a thread pool). A PostgreSQL
+connection left stale by a server restart is replaced when the first statement of a transaction finds
+it dead (that statement is always the store's own, so the retry is transparent).
+
+Labelers and their tokens belong to one campaign (several campaigns can share a database). A new SQLite
+file is created readable by its owner only (0600); SQLite gives its WAL and shared-memory files the
+database file's permissions.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -36,13 +43,17 @@ CREATE TABLE IF NOT EXISTS campaigns (
     id {pk},
     name TEXT NOT NULL UNIQUE,
     config TEXT NOT NULL,
+    admin_token_hash TEXT UNIQUE,
     created_at DOUBLE PRECISION NOT NULL
 );
 CREATE TABLE IF NOT EXISTS labelers (
     id {pk},
-    name TEXT NOT NULL UNIQUE,
+    campaign_id INTEGER NOT NULL REFERENCES campaigns(id),
+    name TEXT NOT NULL,
     token_hash TEXT NOT NULL UNIQUE,
-    created_at DOUBLE PRECISION NOT NULL
+    active INTEGER NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    UNIQUE (campaign_id, name)
 );
 CREATE TABLE IF NOT EXISTS items (
     id {pk},
@@ -60,7 +71,7 @@ CREATE TABLE IF NOT EXISTS assignments (
     item_id INTEGER NOT NULL REFERENCES items(id),
     labeler_id INTEGER NOT NULL REFERENCES labelers(id),
     slot INTEGER,
-    state TEXT NOT NULL CHECK (state IN ('active', 'expired', 'done')),
+    state TEXT NOT NULL CHECK (state IN ('active', 'expired', 'done', 'skipped')),
     leased_at DOUBLE PRECISION NOT NULL,
     expires_at DOUBLE PRECISION NOT NULL,
     display_order TEXT NOT NULL,
@@ -79,9 +90,12 @@ CREATE TABLE IF NOT EXISTS labels (
     best INTEGER,
     likert TEXT,
     flags TEXT NOT NULL,
+    comments TEXT,
     seconds DOUBLE PRECISION NOT NULL,
     late INTEGER NOT NULL,
     created_at DOUBLE PRECISION NOT NULL,
+    edited_at DOUBLE PRECISION,
+    exported_at DOUBLE PRECISION,
     UNIQUE (item_id, labeler_id),
     UNIQUE (labeler_id, idempotency_key)
 );
@@ -89,6 +103,9 @@ CREATE TABLE IF NOT EXISTS labels (
 
 _PK = {"sqlite": "INTEGER PRIMARY KEY AUTOINCREMENT", "postgres": "SERIAL PRIMARY KEY"}
 _ADVISORY_KEY = 7_000_007  # any constant: the store's one writer lock in PostgreSQL
+# Columns added since the first release; a database without them was made by an older version.
+_NEWER_COLUMNS = (("labelers", "campaign_id, active"), ("campaigns", "admin_token_hash"),
+                  ("labels", "comments, edited_at, exported_at"))
 
 
 class Database:
@@ -125,11 +142,22 @@ class Database:
     # ------------------------------------------------------------------------------ connections
     def _connect(self):
         if self.kind == "sqlite":
+            try:  # owner-only before SQLite creates it (a label store names people and holds token hashes)
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:
+                pass
+            except OSError as err:
+                raise UserError(f"cannot create the label store {self.path}: {err.strerror}") from None
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA foreign_keys=ON")
+            except sqlite3.DatabaseError as err:
+                conn.close()
+                raise UserError(f"{self.path} is not a readable SQLite label store ({err}); restore it from a "
+                                f"backup, or point --db at the right file") from None
             return conn
         import psycopg
         from psycopg.rows import dict_row
@@ -168,10 +196,10 @@ class Database:
         conn = self.connection()
         if self.kind == "sqlite":
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        cur = Cursor(conn.cursor(), self.kind)
+            cur = Cursor(conn.cursor(), self.kind)
+        else:
+            conn, cur = self._begin_postgres(conn, write)
         try:
-            if write and self.kind == "postgres":
-                cur.execute("SELECT pg_advisory_xact_lock(?)", (_ADVISORY_KEY,))
             yield cur
         except BaseException:
             conn.rollback()
@@ -181,12 +209,44 @@ class Database:
         finally:
             cur.close()
 
+    def _begin_postgres(self, conn, write: bool):
+        """The transaction's first statement; a connection the server dropped is replaced once."""
+        import psycopg
+
+        def begin(conn) -> Cursor:
+            cur = Cursor(conn.cursor(), self.kind)
+            if write:
+                return cur.execute("SELECT pg_advisory_xact_lock(?)", (_ADVISORY_KEY,))
+            return cur.execute("SET TRANSACTION READ ONLY")
+
+        try:
+            return conn, begin(conn)
+        except psycopg.OperationalError:
+            if not (conn.closed or conn.broken):
+                raise
+        self._local.conn = None
+        conn = self.connection()
+        return conn, begin(conn)
+
     def create_schema(self) -> None:
-        """Create the tables and indexes if they are missing (idempotent)."""
+        """Create the tables and indexes if they are missing (idempotent).
+
+        Raises:
+            UserError: the database holds tables of an older, incompatible version.
+        """
         statements = [s.strip() for s in SCHEMA.format(pk=_PK[self.kind]).split(";") if s.strip()]
         with self.transaction() as cur:
             for statement in statements:
                 cur.execute(statement)
+        for table, columns in _NEWER_COLUMNS:
+            try:
+                with self.transaction(write=False) as cur:
+                    cur.execute(f"SELECT {columns} FROM {table} WHERE 1 = 0")
+            except Exception as err:  # sqlite3 and psycopg name a missing column differently
+                if "column" not in str(err).lower():
+                    raise
+                raise UserError(f"{self!r} holds label tables of an older feedback_lm (no {table}.{columns}); "
+                                f"export its labels with that version, then use a new database") from None
 
 
 class Cursor:

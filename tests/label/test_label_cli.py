@@ -8,6 +8,7 @@ import pytest
 
 from feedback_lm.data.comparisons import Comparison, load_comparisons, write_comparisons
 from feedback_lm.label.__main__ import main
+from feedback_lm.label.config import tiers_to_ranking
 from feedback_lm.label.stats import agreement, label_stats
 from feedback_lm.label.store import open_campaign
 from tests.label.helpers import items
@@ -43,12 +44,24 @@ def campaign(tmp_path, capsys):
     return tmp_path / "c", tokens
 
 
-def label_all(store, name_to_id: dict[str, int], rankings: dict[str, list]) -> None:
-    """Each person labels everything they are given with their fixed ranking."""
+def gold_of(store, item_id: int) -> list[list[int]]:
+    """The stored gold answer (gold rows are stored with their responses shuffled)."""
+    with store.db.transaction(write=False) as cur:
+        return json.loads(cur.execute("SELECT gold FROM items WHERE id = ?", (item_id,)).one()["gold"])
+
+
+def label_all(store, name_to_id: dict[str, int], rankings: dict[str, list], wrong_on_gold=()) -> None:
+    """Each person labels everything they are given with their fixed ranking, and gold items with the
+    gold answer (or its reverse, for the people in ``wrong_on_gold``)."""
     for name, labeler_id in name_to_id.items():
         n = 0
         while (asg := store.next_item(labeler_id)) is not None:
-            store.submit(labeler_id, asg.id, {"idempotency_key": f"{name}-key-{n:04d}", "ranking": rankings[name],
+            ranking = rankings[name]
+            if asg.gold:
+                gold = gold_of(store, asg.item_id)
+                ranking = ([i for tier in reversed(gold) for i in tier] if name in wrong_on_gold
+                           else tiers_to_ranking(gold))
+            store.submit(labeler_id, asg.id, {"idempotency_key": f"{name}-key-{n:04d}", "ranking": ranking,
                                               "likert": [5, 4, 3, 2], "flags": [[], [], ["harmful"], []]})
             n += 1
 
@@ -59,7 +72,7 @@ def test_create_label_stats_export(campaign, capsys, tmp_path):
     assert store.config.instructions == "Rank by correctness." and store.config.overlap == 2
     ids = {name: store.labeler_for_token(token)[0] for name, token in tokens.items()}
     assert len(set(ids.values())) == 3  # the printed tokens sign in
-    label_all(store, ids, {"ada": [3, [0, 1], 2], "bob": [3, [0, 1], 2], "cy": [2, 1, 0, 3]})
+    label_all(store, ids, {"ada": [3, [0, 1], 2], "bob": [3, [0, 1], 2], "cy": [2, 1, 0, 3]}, wrong_on_gold={"cy"})
     store.close()
 
     out = run(capsys, "stats", str(directory), "--json", str(tmp_path / "stats.json"))
@@ -68,7 +81,7 @@ def test_create_label_stats_export(campaign, capsys, tmp_path):
     assert stats["campaign"]["labels"] == 9 and stats["campaign"]["items_complete"] == 3  # 3x2 + gold x3
     ada, cy = stats["labelers"]["ada"], stats["labelers"]["cy"]
     assert ada["gold_items"] == 1 and ada["gold_agreement"] == 1.0
-    assert cy["gold_agreement"] == 0.0 and cy["peer_agreement"] < ada["peer_agreement"]
+    assert cy["gold_agreement"] < 0.5 and cy["peer_agreement"] < ada["peer_agreement"]
     assert (ada["labels"], stats["labelers"]["bob"]["labels"], cy["labels"]) == (4, 4, 1)  # cy only finds gold
     assert ada["seconds_median"] >= 0 and ada["flagged_responses"] == 4
 

@@ -32,10 +32,12 @@ def test_acknowledged_label_survives_kill_9(tmp_path):
     try:
         again = httpx.post(f"{server.url}/api/assignments/{item['assignment_id']}/label", headers=headers, json=body)
         assert again.json() == {**ack.json(), "duplicate": True}  # the retry finds the stored label
-        assert httpx.post(server.url + "/api/next", headers=headers).json()["item_id"] != item["item_id"]
+        assert httpx.post(server.url + "/api/next", headers=headers).json()["prompt"] != item["prompt"]
     finally:
         server.stop()
     store = open_campaign(tmp_path / "c")
     (row,) = store.export_labeled()
-    assert row.tiers == [[2], [0, 3], [1]] and row.meta["flags"] == [[], ["harmful"], [], []]
+    order = row.meta["display_order"]  # the page's positions, mapped back by the server
+    assert row.tiers == [[order[2]], sorted([order[0], order[3]]), [order[1]]]
+    assert row.meta["flags"][order[1]] == ["harmful"] and sum(map(bool, row.meta["flags"])) == 1
     store.close()
