@@ -18,6 +18,7 @@ import json
 import os
 import random
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -102,10 +103,13 @@ def load_checkpoint(path: str | Path, option: str, mmap: bool = False) -> dict[s
     if not p.is_file():
         raise UserError(f"{option}={path}: no such file (expected a .ckpt written by `python train.py`, "
                         f"e.g. <run>/checkpoints/last.ckpt)")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
+    try:  # mmap needs the zip format torch.save writes; anything else is read (and refused) without it
+        ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(p))
     except Exception as e:  # noqa: BLE001 - zip reader, unpickler and torch each raise their own kind
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        if "Weights only load failed" in first:
+            first = ("it does not unpickle to tensors and plain data: a damaged file, another program's file, or "
+                     "a pickle that would have to run code")
         raise UserError(f"{option}={path} is not a checkpoint this project can load safely ({first}). "
                         f"Expected a Lightning .ckpt written by `python train.py`; files that need arbitrary "
                         f"code to unpickle are refused.") from None

@@ -95,7 +95,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         metrics.update(_prefixed(_validate(trainer, module, datamodule), "before/"))
     start = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        # weights_only: the file passed load_checkpoint, which refuses anything that could run code
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     except RuntimeError as e:
         explained = explain_load_error(e, cfg.ckpt_path)
         if explained is None:
@@ -169,7 +170,7 @@ def _has_validation(module) -> bool:
 
 
 def _validate(trainer, module, datamodule) -> dict[str, float]:
-    results = trainer.validate(module, datamodule=datamodule, verbose=False)
+    results = trainer.validate(module, datamodule=datamodule, verbose=False, weights_only=True)
     return _scalars(results[0] if results else {})
 
 
