@@ -63,6 +63,7 @@ PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 MODELS = {
     "tiny-gpt2": {"name": "bench-gpt2", "preset": "tiny-gpt2", "tokenizer": "byte",
                   "overrides": {"n_layer": 4, "n_embd": 256, "n_head": 4}},
+    "tiny-t5-default": {"name": "tiny-t5", "preset": "tiny-t5", "tokenizer": "byte", "overrides": {}},  # train.py's
     "tiny-t5": {"name": "bench-t5", "preset": "tiny-t5", "tokenizer": "byte",
                 "overrides": {"d_model": 256, "d_ff": 1024, "num_layers": 2, "num_decoder_layers": 2,
                               "num_heads": 4, "d_kv": 64}},
@@ -106,12 +107,19 @@ def workload(args) -> dict:
     return {"shape": args.shape, "model": "gpt2-large" if args.shape == "gpt2-large" else args.model,
             "batch": args.batch, "prompt_tokens": prompt_len, "response_tokens": response_len + 1,
             "tokens_per_sample": prompt_len + response_len + 1, "steps": args.steps, "warmup": args.warmup,
-            "device": args.device, "precision": precision(args), "compile": bool(args.compile),
+            "device": args.device, "precision": precision(args), "adam": args.adam, "compile": bool(args.compile),
             "lr": args.lr, "seed": args.seed}
 
 
 def precision(args) -> str:
-    return "bf16-mixed" if args.device == "cuda" else "32-true"
+    """``--precision`` (``auto`` resolved as ``trainer.precision=auto`` would be); by default bf16-mixed on
+    the GPU and 32-true on the CPU, as the recorded results ran."""
+    value = getattr(args, "precision", None) or ("bf16-mixed" if args.device == "cuda" else "32-true")
+    if value == "auto":
+        from feedback_lm.precision import auto_precision
+
+        value = auto_precision("gpu" if args.device == "cuda" else "cpu")
+    return value
 
 
 # ----------------------------------------------------------------------------------------- the clock
@@ -191,7 +199,7 @@ def run_plain(args, cfg: dict, rows: list[dict]) -> dict:
     opt = build_adamw(policy.parameters(), args.lr, 0.0, (0.9, 0.999))
     sched = build_scheduler(opt, total, "constant", 0, 0.1)
     bf16 = precision(args) == "bf16-mixed"  # what Lightning's bf16-mixed does: autocast the forward
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     for step, batch in enumerate(loader(rows, args.batch)):
         if step == total:
             break
@@ -232,6 +240,10 @@ def worker_main(args) -> None:
     logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
     prompt_len, response_len, _ = SHAPES[args.shape]
     rows = make_rows(args.batch * (args.warmup + args.steps), prompt_len, response_len, args.seed)
+    if args.adam == "foreach":  # the kernel build_adamw used on the CPU before it took the fused one
+        import feedback_lm.optim
+
+        feedback_lm.optim.fused_kernel = lambda params: None
     fn = {"ours": run_ours, "plain": run_plain}[args.worker]
     result = fn(args, model_config(args), rows)
     result["torch_threads"] = torch.get_num_threads()
@@ -266,7 +278,8 @@ def run_subprocess(cmd: list[str], what: str, env: dict | None = None, timeout: 
 def worker_cmd(args, method: str) -> list[str]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", method, "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--batch", str(args.batch), "--device", args.device,
-           "--model", args.model, "--shape", args.shape, "--lr", str(args.lr), "--seed", str(args.seed)]
+           "--model", args.model, "--shape", args.shape, "--lr", str(args.lr), "--seed", str(args.seed),
+           "--precision", precision(args), "--adam", args.adam]
     return cmd + (["--compile"] if args.compile else [])
 
 
@@ -398,8 +411,13 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=5, help="steps run first and not measured (default 5, >= 1)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default 32; 16 for gpt2-large)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--model", choices=["tiny-gpt2", "tiny-t5"], default="tiny-gpt2",
-                   help="architecture of the tiny shape")
+    p.add_argument("--model", choices=["tiny-gpt2", "tiny-t5", "tiny-t5-default"], default="tiny-gpt2",
+                   help="architecture of the tiny shape (tiny-t5-default: the embedded default's 1M-parameter T5)")
+    p.add_argument("--precision", default=None,
+                   help="32-true, bf16-mixed or auto (bf16-mixed where the hardware has native bf16); "
+                        "default bf16-mixed on the GPU, 32-true on the CPU")
+    p.add_argument("--adam", choices=["fused", "foreach"], default="fused",
+                   help="AdamW kernel of ours and plain (default fused, what build_adamw picks on CPU and GPU)")
     p.add_argument("--shape", choices=sorted(SHAPES), default="tiny",
                    help="tiny (64+32 bytes) or gpt2-large (256+256 tokens, GPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the forward (model.compile=true)")
