@@ -66,25 +66,24 @@ def test_pad_is_eos_with_the_chat_template_and_the_fast_path(smol_cache):
     policy = Policy.from_config(smol_config(smol_cache, chat_template=True))
     eos = policy.eos_token_id
     assert policy.pad_token_id == eos == policy.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    prompts = ["What color is the sky on a clear day? Answer in one word.", "Say hello."]
+    prompts = ["What is the capital of France? One word.", "Say hello."]  # row 0 stops (8 tokens), row 1 runs on
     ids, mask = policy.encode_prompts(prompts)
     # the template closes the system and the user turns with <|im_end|> (= eos = pad): real prompt tokens
     assert ((ids == eos) & mask).sum(-1).tolist() == [2, 2]
     assert mask[0].all() and (~mask[1]).sum() == (mask[0].sum() - mask[1].sum())
 
-    plain = policy.generate(ids, mask, max_new_tokens=24, do_sample=False)
-    fast = policy.generate(ids, mask, max_new_tokens=24, do_sample=False, fast=True)
+    plain = policy.generate(ids, mask, max_new_tokens=12, do_sample=False)
+    fast = policy.generate(ids, mask, max_new_tokens=12, do_sample=False, fast=True)
     width = plain.response_ids.shape[1]
     assert torch.equal(fast.response_ids[:, :width], plain.response_ids), "the fast path decodes the same tokens"
     assert torch.equal(fast.response_mask[:, :width], plain.response_mask)
     lengths = plain.response_mask.sum(-1)
-    stopped = plain.response_ids[torch.arange(2), lengths - 1] == eos
-    assert stopped.any(), f"no answer ended with <|im_end|>: {policy.decode(plain.response_ids)}"
-    for row in range(2):
-        real = plain.response_ids[row, : lengths[row]]
-        assert (real[:-1] != eos).all(), "cut right after the first EOS, and not before it"
     texts = policy.decode(plain.response_ids, plain.response_mask)
-    assert "blue" in texts[0].lower(), texts
+    assert plain.response_ids[0, lengths[0] - 1] == eos, f"row 0 ends with <|im_end|>, a real token: {texts}"
+    assert lengths[0] < width and (plain.response_ids[0, lengths[0]:] == eos).all(), "then padding (= eos)"
+    assert lengths[1] == 12 and (plain.response_ids[1] != eos).all(), "row 1 is not cut"
+    assert (plain.response_ids[0, : lengths[0] - 1] != eos).all(), "nothing before the first EOS is cut"
+    assert "Paris" in texts[0], texts
 
 
 def one_step(algo: str, root: Path, tmp_path: Path, *overrides: str):
@@ -132,10 +131,14 @@ def test_reward_model_step(smol_cache, tmp_path):
     one_step("reward_model", smol_cache, tmp_path, "data=comparisons", "data.k=2")
 
 
+# word_sorting's graded verifier gives partial credit, so a few samples of the untrained model score
+# differently: with all scores tied (object_counting, where it is 0 % right) every advantage is 0 and PPO,
+# like self-correction without an improving pair, has nothing to learn from.
 @pytest.mark.parametrize("algo", ["ppo", "ppo_ptx"])
 def test_ppo_step_with_the_fast_path(algo, smol_cache, tmp_path):
-    one_step(algo, smol_cache, tmp_path, "algo.max_new_tokens=6", "algo.minibatch_size=2", "algo.ppo_epochs=1",
-             "algo.fast_generation=true", "algo.forward_batch_size=2", "algo.eval_max_new_tokens=6")
+    one_step(algo, smol_cache, tmp_path, "data=word_sorting", "data.batch_size=4", "algo.max_new_tokens=12",
+             "algo.minibatch_size=4", "algo.ppo_epochs=1", "algo.fast_generation=true", "algo.forward_batch_size=4",
+             "algo.eval_max_new_tokens=6")
 
 
 def test_hir_step(smol_cache, tmp_path):
@@ -144,6 +147,6 @@ def test_hir_step(smol_cache, tmp_path):
 
 
 def test_self_correct_step(smol_cache, tmp_path):
-    one_step("self_correct", smol_cache, tmp_path, "algo.generator_sft_steps=0", "algo.max_new_tokens=6",
-             "algo.num_samples=2", "algo.batch_size=2", "algo.updates_per_step=1", "algo.max_iterations=1",
-             "algo.num_corrections=1")
+    one_step("self_correct", smol_cache, tmp_path, "data=word_sorting", "algo.generator_sft_steps=0",
+             "algo.max_new_tokens=12", "algo.num_samples=4", "algo.batch_size=2", "algo.updates_per_step=1",
+             "algo.max_iterations=1", "algo.num_corrections=1")
