@@ -67,7 +67,7 @@ class LengthReward:
     """A toy reward: ``-|len(response) - target_chars| / target_chars`` (0 at the target length).
 
     No task knowledge and a signal from the first step, even for an untrained model: handy for smoke
-    tests and for watching a policy learn (``reward._target_=feedback_lm.rewards.LengthReward``).
+    tests and for watching a policy learn (``reward=callable reward.fn=feedback_lm.rewards.LengthReward``).
     """
 
     def __init__(self, target_chars: int = 8):

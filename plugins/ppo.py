@@ -278,7 +278,6 @@ class PPO(L.LightningModule):
         self._refit_state: dict[str, Any] | None = None  # restored by on_load_checkpoint, used at fit start
         self._ptx_state: dict[str, Any] | None = None
         self._samples: list[dict[str, Any]] = []
-        self._val_scores: list[torch.Tensor] = []
 
     # ---------------------------------------------------------------------------------------- models
     def configure_model(self) -> None:
