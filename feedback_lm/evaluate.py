@@ -80,8 +80,9 @@ def load_prompt_set(data: str | None, run_config: Path | None, num_prompts: int,
     and a description of where they came from.
 
     ``data``: a task name (its generated held-out stream for ``seed``, as the data module draws it), a BBH
-    ``.json`` file (its held-out 20 %), a directory of them (up to ``num_prompts`` per task), a ``.jsonl`` file (``prompt``, optional ``response`` / ``target`` /
-    ``task``), or None: the held-out set of ``run_config``'s own data settings.
+    ``.json`` file (its held-out 20 %), a directory of them (up to ``num_prompts`` per task), a ``.jsonl``
+    file (``prompt``, optional ``response`` / ``target`` / ``task``), or None: the held-out set of
+    ``run_config``'s own data settings.
     """
     from feedback_lm.data import files, tasks
     from feedback_lm.data.datamodule import example_rows, generated_split
@@ -89,16 +90,18 @@ def load_prompt_set(data: str | None, run_config: Path | None, num_prompts: int,
     def task_rows(examples, task):
         return [{**r, "reference": r.pop("response"), "task": task} for r in example_rows(examples, template)]
 
+    def jsonl_row(r):
+        target = r.get("target", r.get("response"))
+        return {"prompt": r["prompt"], "reference": r.get("response", target),
+                "target": None if target is None else str(target), "task": str(r.get("task", "jsonl"))}
+
     if data is None:
         if run_config is None:
             raise UserError("no prompt set: give --data (a task name, a BBH .json or a .jsonl file); the runs "
                             "carry no .hydra/config.yaml to take their held-out set from")
         rows, where = _config_rows(run_config)
     elif data.endswith(".jsonl"):
-        rows = [{"prompt": r["prompt"], "reference": r.get("response", r.get("target")),
-                 "target": None if r.get("target", r.get("response")) is None else str(r.get("target", r["response"])),
-                 "task": str(r.get("task", "jsonl"))} for r in files.load_jsonl(data, required=("prompt",))]
-        where = data
+        rows, where = [jsonl_row(r) for r in files.load_jsonl(data, required=("prompt",))], data
     elif data.endswith(".json"):
         rows, where = task_rows(files.load_bbh(data, split="test"), Path(data).stem), f"{data} (held-out 20 %)"
     elif Path(data).is_dir():  # BBH's task files: up to num_prompts held-out examples of each task
@@ -129,7 +132,7 @@ def _config_rows(config_path: Path) -> tuple[list[dict], str]:
                         f"held-out set; give --data (a task name, a BBH .json or a .jsonl file)")
     dm = instantiate(data)
     dm.setup()
-    task = data.get("task") if data.get("source") == "generated" else Path(str(data.get("path"))).stem
+    task = data.get("task") or Path(str(data.get("path"))).stem  # the verifier the run validated with
     rows = [{"prompt": r["prompt"], "reference": r["response"], "target": r["target"], "task": task}
             for r in dm.val_rows]
     return rows, f"held-out set of {config_path.parent.parent} ({dm.describe()})"

@@ -161,3 +161,24 @@ def test_bootstrap_interval_reaches_the_estimate_when_every_resample_is_below_it
     # 20 responses, no word repeated: dist-1 = 1, and every resample that repeats a response is below 1
     d = ev.distinct_estimate([f"w{i}" for i in range(20)], 1, n_boot=200)
     assert d["value"] == 1.0 and d["ci"][1] == 1.0 and d["ci"][0] < 1.0
+
+
+def test_text_metrics_per_task_breakdown_and_prompt_set_from_jsonl(tmp_path):
+    from feedback_lm.evaluate import load_prompt_set, text_metrics, value_fns
+
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "Q: sort b a\\nA:", "response": "a b", "task": "word_sorting"}\n'
+                    '{"prompt": "Q: sort d c\\nA:", "response": "c d", "task": "word_sorting"}\n'
+                    '{"prompt": "Q: how many\\nA:", "target": "3", "task": "object_counting"}\n'
+                    '{"prompt": "Q: say hi\\nA:"}\n')
+    rows, _ = load_prompt_set(str(path), None, 10, 0)
+    assert [r["target"] for r in rows] == ["a b", "c d", "3", None]
+    m = text_metrics(rows, ["a b", "d c", "5", "hi there"], value_fns("task", rows), copy_n=1, boot={"n_boot": 20})
+    # word_sorting: right, wrong ("d c": no right position, no right pair: 0) -> 1/2; counting: 5 vs 3 -> 0, 1/6
+    assert m["exact_match/word_sorting"]["value"] == 0.5 and m["exact_match/object_counting"]["value"] == 0.0
+    assert m["score/object_counting"]["value"] == pytest.approx(1 / 6)
+    assert m["exact_match"]["value"] == pytest.approx(1 / 3) and m["exact_match"]["n"] == 3
+    assert m["rouge1"]["n"] == 3                      # the row without a reference has no ROUGE
+    assert m["length"]["value"] == pytest.approx((2 + 2 + 1 + 2) / 4)
+    # copied unigrams: a, b (of 2) | d, c (of 2) | none (5) | hi, not there (of 2): 5 of 7
+    assert m["copy"]["value"] == pytest.approx(5 / 7)
