@@ -28,6 +28,8 @@ import statistics
 from collections import Counter
 from itertools import combinations
 
+from feedback_lm.errors import UserError
+
 __all__ = ["agreement", "alpha_ordinal", "campaign_report", "chance_corrected", "cohen_kappa", "fleiss_kappa",
            "format_stats", "label_stats"]
 
@@ -50,7 +52,11 @@ def ranks(tiers: list[list[int]]) -> dict[int, int]:
 
 def alpha_ordinal(values: dict[object, dict[str, float]]) -> float | None:
     """Krippendorff's alpha (ordinal) of ``{unit: {coder: value}}``; None where it is undefined."""
-    import krippendorff
+    try:
+        import krippendorff
+    except ImportError:
+        raise UserError("Krippendorff's alpha needs the label extra: pip install 'feedback_lm[label]' "
+                        "(the krippendorff package)") from None
     import numpy as np
 
     coders = sorted({c for by in values.values() for c in by})

@@ -123,8 +123,8 @@ class Server:
             self.log.close()
 
 
-def make_campaign(directory, item_list: list[dict], **config) -> None:
-    """A campaign directory named ``demo`` over ``item_list`` in its own SQLite file."""
+def make_campaign(directory, item_list: list[dict], db: str | None = None, **config) -> None:
+    """A campaign directory named ``demo`` over ``item_list`` in its own SQLite file, or in ``db``."""
     import json
     from pathlib import Path
 
@@ -132,7 +132,7 @@ def make_campaign(directory, item_list: list[dict], **config) -> None:
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    store = Store.create(str(directory / SQLITE_FILE), "demo", CampaignConfig(**config))
+    store = Store.create(db or str(directory / SQLITE_FILE), "demo", CampaignConfig(**config))
     store.add_items(item_list)
     store.close()
-    (directory / CAMPAIGN_FILE).write_text(json.dumps({"name": "demo", "db": None}))
+    (directory / CAMPAIGN_FILE).write_text(json.dumps({"name": "demo", "db": db}))
