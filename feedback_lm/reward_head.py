@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -205,13 +205,22 @@ def load_reward_model(directory: str, device: str | torch.device = "cpu") -> Rew
     if not head_path.is_file():
         raise UserError(f"{directory} is not a reward model of ours (no {HEAD_FILE}); train one with "
                         f"`python train.py algo=reward_model` and point at its run's model/ directory")
-    with safe_open(str(head_path), framework="pt") as f:
-        pooling = (f.metadata() or {}).get("pooling", "last")  # files written before pooling existed: last
+    try:
+        with safe_open(str(head_path), framework="pt") as f:
+            pooling = (f.metadata() or {}).get("pooling", "last")  # files written before pooling existed: last
+        tensors = load_file(str(head_path))
+        head_state = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
+        gain, bias = float(tensors["gain"]), float(tensors["bias"])
+    except (SafetensorError, KeyError, ValueError, OSError) as e:
+        raise UserError(f"{head_path} is corrupt or not a reward head of ours ({str(e)[:160]}); train the reward "
+                        f"model again (python train.py algo=reward_model) or restore its model/ directory") from None
     policy = reward_backbone(ModelConfig.coerce({"name": "reward_model", "name_or_path": str(directory)}))
     rm = RewardScorer(policy, ScalarHead(policy.hidden_size, init="normal"), pooling)
-    tensors = load_file(str(head_path))
-    rm.head.load_state_dict({k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")})
-    rm.gain.fill_(float(tensors["gain"]))
-    rm.bias.fill_(float(tensors["bias"]))
+    try:
+        rm.head.load_state_dict(head_state)
+    except RuntimeError as e:
+        raise UserError(f"{head_path} does not fit the backbone in {directory}: {str(e).splitlines()[0]}") from None
+    rm.gain.fill_(gain)
+    rm.bias.fill_(bias)
     rm.requires_grad_(False)
     return rm.eval().to(device)

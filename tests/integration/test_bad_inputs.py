@@ -73,6 +73,8 @@ def bad(tmp_path_factory) -> Path:
     (d / "binary.txt").write_bytes(bytes(range(256)) * 8)
     (d / "empty_model").mkdir()
     _corrupt_model(d / "corrupt_model")
+    _corrupt_model(d / "corrupt_rm")
+    (d / "corrupt_rm" / "reward_head.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{broken")
     return d
 
 
@@ -142,6 +144,20 @@ CONFIG_ROWS = [
     ("sft-on-comparisons", ["algo=sft", "data=comparisons"], ["algo=sft needs prompt/target task data", "data=word_sorting"]),
     ("hir-on-comparisons", ["algo=hir", "data=comparisons"], ["algo=hir needs", "data=word_sorting"]),
     ("self-correct-on-comparisons", ["algo=self_correct", "data=comparisons"], ["algo=self_correct needs"]),
+    ("reward-model-on-task-data", ["algo=reward_model"], ["algo=reward_model needs", "data=comparisons"]),
+    ("dpo-on-task-data", ["algo=dpo"], ["algo=dpo needs", "data=comparisons"]),
+    ("ppo-on-comparisons", ["algo=ppo", "data=comparisons"], ["algo=ppo needs", "data=word_sorting"]),
+    ("rloo-on-comparisons", ["algo=rloo", "data=comparisons"], ["algo=rloo needs"]),
+    ("grpo-on-comparisons", ["algo=grpo", "data=comparisons"], ["algo=grpo needs"]),
+    ("ppo-epochs-zero", ["algo=ppo", "algo.ppo_epochs=0"], ["algo.ppo_epochs=0"]),
+    ("ppo-minibatch-zero", ["algo=ppo", "algo.minibatch_size=0"], ["algo.minibatch_size=0"]),
+    ("ppo-kl-coef-negative", ["algo=ppo", "algo.kl_coef=-1"], ["algo.kl_coef=-1"]),
+    ("ppo-top-p-zero", ["algo=ppo", "algo.top_p=0"], ["algo.top_p=0"]),
+    ("dpo-beta-zero", ["algo=dpo", "data=comparisons", "algo.beta=0"], ["algo.beta=0"]),
+    ("rloo-k-one", ["algo=rloo", "algo.k=1"], ["algo.k=1"]),
+    ("grpo-group-one", ["algo=grpo", "algo.group_size=1"], ["algo.group_size=1"]),
+    ("reward-head-corrupt", ["algo=ppo", "reward=model", "reward.path={bad}/corrupt_rm", "algo.max_new_tokens=4"],
+     ["{bad}/corrupt_rm/reward_head.safetensors is corrupt"]),
     ("missing-resume-checkpoint", ["ckpt_path={bad}/nope.ckpt"], ["ckpt_path={bad}/nope.ckpt does not exist"]),
     ("run-dir-under-a-file", ["run_dir={bad}/afile/run"], ["run_dir={bad}/afile/run cannot be created"]),
 ]
