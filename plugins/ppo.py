@@ -238,7 +238,7 @@ class PPO(L.LightningModule):
                  normalize_samples: int = 256, eval_max_new_tokens: int = 64, eval_sampled: bool = True,
                  num_samples_shown: int = 5):
         super().__init__()
-        check_args("algo", lr=(lr, "> 0"), adam_eps=(adam_eps, "> 0"), weight_decay=(weight_decay, ">= 0"),
+        check_args("algo", lr=(lr, ">= 0"), adam_eps=(adam_eps, "> 0"), weight_decay=(weight_decay, ">= 0"),
                    warmup_iterations=(warmup_iterations, ">= 0"), ppo_epochs=(ppo_epochs, ">= 1"),
                    minibatch_size=(minibatch_size, ">= 1"), cliprange=(cliprange, "(0, 1)"),
                    cliprange_value=(cliprange_value, "> 0"), vf_coef=(vf_coef, ">= 0"), gamma=(gamma, "[0, 1]"),
