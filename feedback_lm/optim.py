@@ -13,7 +13,7 @@ SCHEDULES = ("constant", "cosine", "linear")
 def fused_kernel(params: Iterable[torch.Tensor]) -> bool | None:
     """``fused=`` for ``torch.optim.Adam``/``AdamW``: True when every parameter is a float tensor on the CPU
     or on CUDA, where torch has a fused kernel (one pass over all parameters: on the CPU 5x faster than the
-    default foreach kernel for the tiny presets, docs/speed.md), else None (torch's default)."""
+    default foreach kernel for the tiny presets in CPU time, docs/speed.md), else None (torch's default)."""
     return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params) or None
 
 
