@@ -208,7 +208,10 @@ def check_config(cfg: Mapping[str, Any]) -> None:
                         f">= 0 (0: only at the end of training)")
     check_node("algo", cfg["algo"])
     check_node("data", cfg["data"])
-    check_node("trainer", cfg["trainer"], given=_TRAINER_GIVEN)
+    trainer = dict(cfg["trainer"])
+    if trainer.get("precision") == "auto":  # feedback_lm.precision resolves it before the Trainer is built
+        trainer["precision"] = None
+    check_node("trainer", trainer, given=_TRAINER_GIVEN)
     for name, node in (cfg.get("logger") or {}).items():
         check_node(f"logger.{name}", node)
     if "model" in cfg:
