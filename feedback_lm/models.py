@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import importlib.util
+import json
 import math
 import os
 import re
