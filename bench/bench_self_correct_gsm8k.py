@@ -1,4 +1,4 @@
-"""What a tiny corrector does on GSM8K's graded GPT-3 solutions (spec §6; Welleck et al. 2022 §4.1, §4.3).
+"""What a tiny corrector does on GSM8K's graded GPT-3 solutions (docs/algorithms.md §6; Welleck et al. 2022 §4.1, §4.3).
 
 Data: ``<shared data>/gsm8k/example_model_solutions.jsonl``: 1,319 test questions, each with a ground
 truth and four graded GPT-3 solutions. Questions are split (seeded) into train and held-out parts.
@@ -7,7 +7,7 @@ Training (the paper's Pairing + Learning on real generations, no Exploration): f
 question the pool ``D_x`` holds the ``--train-generator``'s solution and the ground truth, each with
 ``v`` = 1 iff its final answer is right and feedback ``f`` from ``FinalAnswerValue`` (the first wrong
 calculator step, or the wrong final answer). Pairs are strictly value-improving (wrong -> right) and are
-drawn with the two-stage sampler of ``plugins.self_correct`` (v is binary, so α is irrelevant, spec §6.5).
+drawn with the two-stage sampler of ``plugins.self_correct`` (v is binary, so α is irrelevant, docs/algorithms.md §6.5).
 The corrector is a byte-level model built from a tiny preset (random init, no pretraining) trained with
 the corrector cross-entropy.
 

@@ -1,6 +1,6 @@
-"""KL-coefficient (β) controllers for PPO with a KL penalty, spec/ALGORITHMS.md §3.6.
+"""KL-coefficient (β) controllers for PPO with a KL penalty, docs/algorithms.md §3.6.
 
-Usage per outer PPO step (spec §3.5): build the rewards with ``ctl.value`` (the pre-update β), then call
+Usage per outer PPO step (docs/algorithms.md §3.5): build the rewards with ``ctl.value`` (the pre-update β), then call
 ``ctl.update(KL_t, n_steps=batch_size)`` with ``KL_t`` = batch mean of the per-sequence KL sums measured
 on that rollout. The new β is used from the next rollout. Both controllers have ``state_dict`` /
 ``load_state_dict`` so that β survives a checkpoint resume.
@@ -38,7 +38,7 @@ class FixedKLController:
 class AdaptiveKLController:
     """Proportional controller that steers the measured KL towards ``target``.
 
-    Code form [LHP:train_policy.py AdaptiveKLController], spec §3.6::
+    Code form [LHP:train_policy.py AdaptiveKLController], docs/algorithms.md §3.6::
 
         e = clip(current_kl / target - 1, -0.2, 0.2)
         β *= 1 + e * n_steps / horizon

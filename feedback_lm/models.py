@@ -99,7 +99,7 @@ class ModelConfig:
         preset: a key of ``TINY_PRESETS`` when the model is built from a config.
         overrides: architecture fields that replace the preset's (e.g. ``{"d_model": 256}``).
         tokenizer: "byte" (file-free ``ByT5Tokenizer``) or None to load the model's own tokenizer.
-        dropout: if set, every ``*dropout*`` field of the HF config is set to it (0 for PPO/RM, spec §0.5).
+        dropout: if set, every ``*dropout*`` field of the HF config is set to it (0 for PPO/RM, docs/algorithms.md §0.5).
         lora: peft LoRA settings.
         dtype: parameter dtype when loading real weights ("float32" keeps fp32 master weights).
         compile: wrap the model's forward in ``torch.compile``.
@@ -354,7 +354,7 @@ def build_hf_config(cfg: ModelConfig, tokenizer):
     model_type = spec.pop("model_type")
     ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
     if model_type == "t5":
-        ids["decoder_start_token_id"] = tokenizer.pad_token_id  # T5 convention (spec §0.3)
+        ids["decoder_start_token_id"] = tokenizer.pad_token_id  # T5 convention (docs/algorithms.md §0.3)
     else:
         ids["bos_token_id"] = tokenizer.eos_token_id
     if spec["vocab_size"] < len(tokenizer):
@@ -441,8 +441,8 @@ def architecture_signature(model: nn.Module) -> str:
 
 
 class ScalarHead(nn.Module):
-    """``Linear(d, 1)`` on hidden states: value heads (zero init, spec §3.1) and reward heads
-    (``N(0, 1/sqrt(d+1))``, spec §2.0)."""
+    """``Linear(d, 1)`` on hidden states: value heads (zero init, docs/algorithms.md §3.1) and reward heads
+    (``N(0, 1/sqrt(d+1))``, docs/algorithms.md §2.0)."""
 
     def __init__(self, hidden_size: int, init: str = "zero"):
         super().__init__()

@@ -1,7 +1,7 @@
-"""Shared tensor primitives of spec/ALGORITHMS.md §0.4, plus the PPO reward and GAE maths (§3.3, §3.4).
+"""Shared tensor primitives of docs/algorithms.md §0.4, plus the PPO reward and GAE maths (§3.3, §3.4).
 
 Pure functions: tensors in, tensors out, no model or config knowledge. Every function computes in fp32
-(inputs are cast with ``.float()``), as spec §0.5 requires even when the model runs in bf16.
+(inputs are cast with ``.float()``), as docs/algorithms.md §0.5 requires even when the model runs in bf16.
 
 Shapes: ``B`` batch, ``T`` tokens (response length), ``V`` vocabulary. Masks may be bool or float;
 True / non-zero means a real token. Masked functions never read the values at masked positions, so
@@ -49,7 +49,7 @@ def gather_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) ->
         logits: ``[B, T, V]`` (any float dtype).
         tokens: ``[B, T]`` token ids (long).
         temperature: sampling temperature τ > 0; the policy, old policy and reference all use the same τ
-            (spec §3.8 pitfall 2).
+            (docs/algorithms.md §3.8 pitfall 2).
 
     Returns:
         ``[B, T]`` fp32 log-probabilities.
@@ -60,7 +60,7 @@ def gather_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) ->
 
 
 def entropy_from_logits(logits: Tensor) -> Tensor:
-    """Entropy of ``softmax(logits)`` along the last dimension. [LHP:utils/core.py], spec §0.4.
+    """Entropy of ``softmax(logits)`` along the last dimension. [LHP:utils/core.py], docs/algorithms.md §0.4.
 
     Uses ``H = logsumexp(z) - sum(softmax(z) * z)``, which is stable for large logits.
 
@@ -90,7 +90,7 @@ def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
 
 
 def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
-    """``sum(x * mask) / sum(mask)``, spec §0.4.
+    """``sum(x * mask) / sum(mask)``, docs/algorithms.md §0.4.
 
     A slice with no valid element gives 0 (not nan): an empty sum over a denominator clamped away from 0.
 
@@ -98,7 +98,7 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
         x: any shape, e.g. ``[B, T]``.
         mask: same shape as ``x`` (bool or float weights).
         dim: dimension to reduce; ``None`` averages over all valid elements (the token-level mean of
-            spec §3.4, not a mean of per-sequence means).
+            docs/algorithms.md §3.4, not a mean of per-sequence means).
 
     Returns:
         fp32 scalar if ``dim`` is None, else ``x`` with ``dim`` removed.
@@ -109,7 +109,7 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
 
 
 def masked_var(x: Tensor, mask: Tensor) -> Tensor:
-    """Population (biased) variance over all valid elements, spec §0.4.
+    """Population (biased) variance over all valid elements, docs/algorithms.md §0.4.
 
     Biased like ``tf.nn.moments`` in [LHP:utils/core.py whiten].
 
@@ -125,12 +125,12 @@ def masked_var(x: Tensor, mask: Tensor) -> Tensor:
 
 
 def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
-    """Normalise ``x`` by the mean and population variance of its valid elements, spec §0.4.
+    """Normalise ``x`` by the mean and population variance of its valid elements, docs/algorithms.md §0.4.
 
     Port of [LHP:utils/core.py whiten] (eps 1e-8).
 
     PPO whitens rewards with ``shift_mean=False`` (scale only, mean kept) and advantages with
-    ``shift_mean=True`` (spec §3.8 pitfall 3). Statistics are over all valid elements of the whole tensor.
+    ``shift_mean=True`` (docs/algorithms.md §3.8 pitfall 3). Statistics are over all valid elements of the whole tensor.
 
     Args:
         x: any shape, e.g. ``[B, T]``.
@@ -149,7 +149,7 @@ def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
 
 
 def response_mask(ids: Tensor, eos_token_id: int, pad_mask: Tensor | None = None) -> Tensor:
-    """Valid-token mask of generated responses, spec §0.4.
+    """Valid-token mask of generated responses, docs/algorithms.md §0.4.
 
     True up to and including the first EOS, False after it; all True if a row has no EOS.
 
@@ -185,7 +185,7 @@ def last_index(mask: Tensor) -> Tensor:
 
 
 def seq_logprob(lp: Tensor, mask: Tensor) -> Tensor:
-    """Per-sequence sum of token log-probabilities, spec §0.4.
+    """Per-sequence sum of token log-probabilities, docs/algorithms.md §0.4.
 
     Args:
         lp: ``[B, T]`` token log-probabilities.
@@ -198,7 +198,7 @@ def seq_logprob(lp: Tensor, mask: Tensor) -> Tensor:
 
 
 def seq_logprob_mean(lp: Tensor, mask: Tensor) -> Tensor:
-    """Per-sequence length-normalised log-probability (used by HIR), spec §0.4.
+    """Per-sequence length-normalised log-probability (used by HIR), docs/algorithms.md §0.4.
 
     Args:
         lp: ``[B, T]`` token log-probabilities.
@@ -211,10 +211,10 @@ def seq_logprob_mean(lp: Tensor, mask: Tensor) -> Tensor:
 
 
 def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
-    """Generalised advantage estimation. [LHP:train_policy.py PPOTrainer.loss], spec §3.4 step 2.
+    """Generalised advantage estimation. [LHP:train_policy.py PPOTrainer.loss], docs/algorithms.md §3.4 step 2.
 
-    The last valid token is terminal: the value after it counts as 0 (spec §3.8 pitfall 6). Rewards and
-    values at masked positions are ignored, so anything after EOS cannot change the result (spec §3.9 #10).
+    The last valid token is terminal: the value after it counts as 0 (docs/algorithms.md §3.8 pitfall 6). Rewards and
+    values at masked positions are ignored, so anything after EOS cannot change the result (docs/algorithms.md §3.9 #10).
     With an all-True mask this is exactly the LHP fixed-length recursion.
 
     Args:
@@ -226,7 +226,7 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
 
     Returns:
         ``(advantages, returns)``, both ``[B, T]`` fp32 and 0 at masked positions. ``returns = advantages +
-        values`` is taken before any advantage whitening (spec §3.8 pitfall 4).
+        values`` is taken before any advantage whitening (docs/algorithms.md §3.8 pitfall 4).
     """
     valid = mask.bool()
     rewards = torch.where(valid, rewards.float(), 0.0)
@@ -247,7 +247,7 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
 def kl_penalty_rewards(
     logprobs: Tensor, ref_logprobs: Tensor, scores: Tensor, mask: Tensor, beta: float | Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Per-token rewards: KL penalty on every token, score on the last one, spec §3.3.
+    """Per-token rewards: KL penalty on every token, score on the last one, docs/algorithms.md §3.3.
 
     Port of [LHP:train_policy.py compute_rewards].
 
@@ -260,7 +260,7 @@ def kl_penalty_rewards(
         ref_logprobs: ``[B, T]`` reference log-probabilities (same temperature).
         scores: ``[B]`` reward-model scores.
         mask: ``[B, T]`` right-padded valid-token mask.
-        beta: KL coefficient β at rollout time (spec §3.8 pitfall 10).
+        beta: KL coefficient β at rollout time (docs/algorithms.md §3.8 pitfall 10).
 
     Returns:
         ``(rewards, kl)``, both ``[B, T]`` fp32 and 0 at masked positions (except the score of a row with no
@@ -274,9 +274,9 @@ def kl_penalty_rewards(
 
 
 def sequence_kl(kl: Tensor, mask: Tensor) -> Tensor:
-    """Per-sequence sum of token KLs, spec §3.5.
+    """Per-sequence sum of token KLs, docs/algorithms.md §3.5.
 
-    Its batch mean is the ``KL_t`` fed to the KL controller (spec §3.8 pitfall 9).
+    Its batch mean is the ``KL_t`` fed to the KL controller (docs/algorithms.md §3.8 pitfall 9).
 
     Args:
         kl: ``[B, T]`` token KL estimates.

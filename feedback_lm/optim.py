@@ -32,7 +32,7 @@ def lr_factor(step: int, total_steps: int, schedule: str = "cosine", warmup_step
     """Multiplier of the peak LR at optimizer step ``step`` (0-based).
 
     Linear warmup over ``warmup_steps``, then ``constant``, ``cosine`` decay to ``min_ratio`` of the peak
-    (InstructGPT SFT decays to 10%, spec §1.4) or ``linear`` decay to ``min_ratio`` (LHP anneals to 0).
+    (InstructGPT SFT decays to 10%, docs/algorithms.md §1.4) or ``linear`` decay to ``min_ratio`` (LHP anneals to 0).
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule '{schedule}'; choose one of {SCHEDULES}")

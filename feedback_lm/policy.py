@@ -1,8 +1,8 @@
 """The policy adapter: the ONLY place that knows causal vs encoder-decoder.
 
-Every algorithm talks to a language model through :class:`Policy` with one data layout (DESIGN §4):
+Every algorithm talks to a language model through :class:`Policy` with one data layout (docs/architecture.md §4):
 prompts LEFT-padded ``[B,P]``, responses RIGHT-padded ``[B,R]`` and cut after the first EOS. The
-adapter turns that into the right forward pass (spec §0.3):
+adapter turns that into the right forward pass (docs/algorithms.md §0.3):
 
 * **causal**: ``z = [prompt; response]`` with ``position_ids = cumsum(mask) - 1`` so that left padding
   does not shift positions; ``logits[:, P-1+t]`` predicts ``y_t``.
@@ -34,8 +34,8 @@ class PolicyOutput:
 
     Attributes:
         logits: ``[B,R,V]``; ``logits[:, t]`` predicts ``response_ids[:, t]``.
-        hidden: ``[B,R,d]`` state before emitting ``y_t`` (value heads, spec §0.3), or None.
-        last_hidden: ``[B,d]`` state at the last real response token (reward heads, spec §2.0), or None.
+        hidden: ``[B,R,d]`` state before emitting ``y_t`` (value heads, docs/algorithms.md §0.3), or None.
+        last_hidden: ``[B,d]`` state at the last real response token (reward heads, docs/algorithms.md §2.0), or None.
     """
 
     logits: torch.Tensor
@@ -130,8 +130,8 @@ class Policy(nn.Module):
         return 1 if self.is_encoder_decoder else 0
 
     def encode_responses(self, texts: Sequence[str], add_eos: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokenize responses (targets), RIGHT-padded, with EOS appended (spec §1.2: the model must
-        learn to stop). Prompt and response are tokenized separately (spec §1.5).
+        """Tokenize responses (targets), RIGHT-padded, with EOS appended (docs/algorithms.md §1.2: the model must
+        learn to stop). Prompt and response are tokenized separately (docs/algorithms.md §1.5).
 
         Returns:
             ids ``[B,R]`` long and mask ``[B,R]`` bool.
@@ -168,7 +168,7 @@ class Policy(nn.Module):
 
     # -------------------------------------------------------------------------------------- forward
     def decoder_input_ids(self, response_ids: torch.Tensor) -> torch.Tensor:
-        """``shift_right(response_ids)`` with the decoder start token (spec §0.3)."""
+        """``shift_right(response_ids)`` with the decoder start token (docs/algorithms.md §0.3)."""
         start = self.model.config.decoder_start_token_id
         first = torch.full_like(response_ids[:, :1], start)
         return torch.cat([first, response_ids[:, :-1]], dim=1)
@@ -194,13 +194,13 @@ class Policy(nn.Module):
                 return PolicyOutput(logits)
             hidden = out.decoder_hidden_states[-1]
             # T5's decoder state at t has read y_<t; the state at the EOS position has read the whole
-            # response and is the one a reward head reads (spec §2.0, [PROJECT] for enc-dec).
+            # response and is the one a reward head reads (docs/algorithms.md §2.0, [PROJECT] for enc-dec).
             return PolicyOutput(logits, hidden, hidden[torch.arange(len(last)), last])
 
         P = prompt_ids.shape[1]
         input_ids = torch.cat([prompt_ids, response_ids], dim=1)
         attention = torch.cat([prompt_mask, response_mask], dim=1).long()
-        position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # spec §0.3: left padding
+        position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # docs/algorithms.md §0.3: left padding
         kwargs = {"logits_to_keep": R + 1} if self._forward_accepts_logits_to_keep else {}
         out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
                          output_hidden_states=output_hidden, use_cache=False, **kwargs)
@@ -232,9 +232,9 @@ class Policy(nn.Module):
             num_return_sequences: responses per prompt; rows come out prompt-major
                 (``prompt_ids.repeat_interleave(n, 0)`` lines up with them).
             output_logprobs: also return the log-probs of the sampled tokens under the sampling
-                distribution (what the forward pass at the same temperature must reproduce, spec §3.9 #9).
+                distribution (what the forward pass at the same temperature must reproduce, docs/algorithms.md §3.9 #9).
             stop_at_eos: False samples exactly ``max_new_tokens`` tokens, EOS or not (LHP's fixed-length
-                rollouts, spec §3.2); the mask is then all True and nothing is cut.
+                rollouts, docs/algorithms.md §3.2); the mask is then all True and nothing is cut.
             fast: the rollout fast path (:mod:`feedback_lm.sampling`: static KV cache, compiled decode step
                 on CUDA) for pure sampling or greedy decoding; other settings use plain ``generate``.
 
@@ -255,7 +255,7 @@ class Policy(nn.Module):
         if do_sample:
             gen_kwargs.update(temperature=temperature, top_k=top_k, top_p=top_p)
         was_training = self.model.training
-        self.model.eval()  # no dropout while sampling (spec §0.5)
+        self.model.eval()  # no dropout while sampling (docs/algorithms.md §0.5)
         try:
             with _full_params_for_generation(self.model, self.fsdp_root) as synced:
                 out = self.model.generate(**gen_kwargs, synced_gpus=synced)
@@ -338,7 +338,7 @@ def _same_attention_kernel_with_and_without_grad(device: torch.device):
 
 @contextlib.contextmanager
 def _full_params_for_generation(model: nn.Module, root: nn.Module | None = None):
-    """Generation under FSDP needs full parameters and every rank stepping together (DESIGN §5.6).
+    """Generation under FSDP needs full parameters and every rank stepping together (docs/architecture.md §5.6).
 
     ``root`` is the strategy's outermost FSDP unit when it wraps more than ``model`` (Lightning's
     FSDPStrategy wraps the LightningModule; plugins set ``Policy.fsdp_root`` from the trainer). Yields

@@ -59,7 +59,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     import lightning as L
 
     refuse_multirun_with_spawned_ddp(cfg)
-    OmegaConf.resolve(cfg)  # resolve once, in this process (DESIGN §5.5)
+    OmegaConf.resolve(cfg)  # resolve once, in this process (docs/architecture.md §5.5)
     resolve_precision(cfg.trainer)  # trainer.precision=auto -> bf16-mixed where the hardware has native bf16
     check_config(cfg)
     check_data_kind(cfg.algo._target_, cfg.data._target_)
@@ -120,7 +120,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def refuse_multirun_with_spawned_ddp(cfg: DictConfig) -> None:
     """A Hydra sweep whose jobs each let Lightning spawn DDP processes re-runs the *sweep* in every
-    child process (Lightning relaunches the command line), so we refuse it (DESIGN §5.5)."""
+    child process (Lightning relaunches the command line), so we refuse it (docs/architecture.md §5.5)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 

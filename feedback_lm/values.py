@@ -1,20 +1,20 @@
-"""Value and feedback functions for self-correction (spec §6.1, §6.3), behind one interface.
+"""Value and feedback functions for self-correction (docs/algorithms.md §6.1, §6.3), behind one interface.
 
 A value function judges one output: ``fn(prompt, output, target) -> Judgement(value, feedback)``,
 where ``value`` is ``v(y)`` (higher is better, at most ``fn.max_value``) and ``feedback`` is ``f(y)``,
 a short text ("" when there is nothing to say). Values and feedback come from outside the model and are
-never differentiated (spec §6.2).
+never differentiated (docs/algorithms.md §6.2).
 
 Built in (``build_value_fn({"name": ..., **kwargs})``):
 
 * ``task``: the foundation's task verifiers (``feedback_lm.data.tasks``): the graded ``score`` (or 0/1
   exact match), feedback that says *what* is wrong without giving the answer (misplaced / missing /
   extra words, a number too high or too low, a wrong option).
-* ``program``: arithmetic program synthesis (spec §6.3, GSM): the output is a short program or
+* ``program``: arithmetic program synthesis (docs/algorithms.md §6.3, GSM): the output is a short program or
   expression; it is run by :func:`run_program`, a restricted evaluator of our own (``ast`` parse,
   arithmetic and assignments only, never ``eval``/``exec``), with a time limit and size caps.
   ``v = 1`` iff its result equals the answer; feedback is the error or the wrong value.
-* ``lexical``: lexically constrained generation (spec §6.3, CommonGen): ``v`` = share of the required
+* ``lexical``: lexically constrained generation (docs/algorithms.md §6.3, CommonGen): ``v`` = share of the required
   words present; feedback lists the missing ones.
 * ``final_answer``: GSM8K-style solutions in natural language ending in ``A: <n>`` or ``#### <n>``:
   ``v = 1`` iff the final number is right; feedback names the first wrong calculator step

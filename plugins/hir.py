@@ -1,13 +1,13 @@
-"""Hindsight Instruction Relabeling (HIR; Zhang et al. 2023, arXiv 2302.05206), spec §5.
+"""Hindsight Instruction Relabeling (HIR; Zhang et al. 2023, arXiv 2302.05206), docs/algorithms.md §5.
 
 Instruction following as goal-conditioned learning: sample answers from the current model under the
 original instruction ("Solve the question with correct answer."), then relabel each answer with an
 instruction it *does* satisfy (a wrong answer becomes the answer to "...with wrong answer.") and train
 offline on the relabeled data with a label-smoothed supervised loss, a contrastive loss between the
 relabeled and the opposite instruction, and an entropy bonus. No reward model, value net or RL loss.
-Mechanics follow the official code (tianjunz/HIR), spec §5.2-§5.6.
+Mechanics follow the official code (tianjunz/HIR), docs/algorithms.md §5.2-§5.6.
 
-Loop (spec §5.6): evaluate the base model; then per iteration: sample the training pool (into the shared
+Loop (docs/algorithms.md §5.6): evaluate the base model; then per iteration: sample the training pool (into the shared
 rollout buffer: the dataset D *accumulates* across iterations), split D 90/10, cap the train part at
 ``4 x |pool|``, train ``epochs_per_iteration`` epochs on it, evaluate (greedy, normalised exact match)
 on the held-out split. Manual optimisation; one Lightning step is ONE offline optimizer step (not one
@@ -26,7 +26,7 @@ of that base model, the number HIR's gain is measured against.
 
 Run: ``python train.py algo=hir`` (tiny-t5, generated word_sorting, CPU);
 ``python train.py algo=hir model=flan-t5-large data=bbh data.task=date_understanding trainer=gpu``
-(the paper's setting, spec §5.7).
+(the paper's setting, docs/algorithms.md §5.7).
 
 Logs: ``train/loss``, ``hir/sup_loss``, ``hir/contrastive_loss``, ``hir/entropy`` (per step);
 ``hir/accuracy`` (held-out greedy exact match, per iteration), ``hir/accuracy_base``,
@@ -70,7 +70,7 @@ Relabel = Callable[[str, str, str, Any], tuple[str, str]]
 
 # ------------------------------------------------------------------------------ prompts and relabels
 def make_input(instruction: str, query: str) -> str:
-    """The model input, one template everywhere (spec §5.1 [PROJECT]): ``"{instruction}\\n\\n{query}"``
+    """The model input, one template everywhere (docs/algorithms.md §5.1 [PROJECT]): ``"{instruction}\\n\\n{query}"``
     with ``query = "Q: ...\\nA:"`` (the datamodule's prompt)."""
     return f"{instruction}\n\n{query}"
 
@@ -84,7 +84,7 @@ def split_input(text: str) -> tuple[str, str]:
 
 
 def relabeled_input(text: str, instruction: str) -> str:
-    """Swap the instruction line of ``text`` (spec §5.2): ``instruction + text[first "\\n\\n":]``,
+    """Swap the instruction line of ``text`` (docs/algorithms.md §5.2): ``instruction + text[first "\\n\\n":]``,
     leading spaces stripped."""
     i = text.find("\n\n")
     if i < 0:
@@ -106,7 +106,7 @@ def feedback_correct(feedback: Any) -> bool:
 def relabel(query: str, output: str, instruction: str, feedback: Any, *, instr_correct: str = INSTR_CORRECT,
             instr_wrong: str = INSTR_WRONG, instr_original: str = INSTR_ORIGINAL,
             fix_instruction_typo: bool = False) -> tuple[str, str]:
-    """The hindsight relabeling rule of the code (spec §5.2): ``-> (p_pos, p_neg)``.
+    """The hindsight relabeling rule of the code (docs/algorithms.md §5.2): ``-> (p_pos, p_neg)``.
 
     ==========  =====================================  ======================================
     outcome     p_pos (SFT target, contrastive +)      p_neg
@@ -126,7 +126,7 @@ def relabel(query: str, output: str, instruction: str, feedback: Any, *, instr_c
 
 # ------------------------------------------------------------------------------------- sub-outputs
 def sample_sub_output(length: int, generator: torch.Generator | None = None) -> tuple[int, int]:
-    """The code's DynamicLengthSampler (spec §5.4): the chunk ``o[start:end]`` to train on.
+    """The code's DynamicLengthSampler (docs/algorithms.md §5.4): the chunk ``o[start:end]`` to train on.
 
     ``length <= 3``: ``(0, length)``. Otherwise ``start ~ U{0, 2, 4, ... < length-3}`` and
     ``end ~ U{start+1, start+3, ... <= length}``.
@@ -197,7 +197,7 @@ def dedupe_key(mode: str) -> Callable[[dict[str, Any]], tuple]:
 
 # -------------------------------------------------------------------------------------------- losses
 def label_smoothing_terms(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-example NLL and smoothing terms of HF ``LabelSmoother`` (spec §5.3 a), fp32.
+    """Per-example NLL and smoothing terms of HF ``LabelSmoother`` (docs/algorithms.md §5.3 a), fp32.
 
     Args:
         logits: ``[B,T,V]`` aligned with ``labels``. labels: ``[B,T]``. mask: ``[B,T]`` bool.
@@ -213,7 +213,7 @@ def label_smoothing_terms(logits: torch.Tensor, labels: torch.Tensor, mask: torc
 
 def supervised_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, epsilon: float = 0.2) -> torch.Tensor:
     """Label-smoothed NLL on the relabeled instruction: ``(1-eps) nll + eps smooth``, per-example token
-    means averaged over the batch (spec §5.3 a; for B=1 exactly HF ``LabelSmoother(epsilon)``).
+    means averaged over the batch (docs/algorithms.md §5.3 a; for B=1 exactly HF ``LabelSmoother(epsilon)``).
 
     Args: see :func:`label_smoothing_terms`. Returns: scalar.
     """
@@ -231,7 +231,7 @@ def contrastive_terms(lp_pos: torch.Tensor, lp_neg: torch.Tensor) -> tuple[torch
 
 
 def contrastive_loss(lp_pos: torch.Tensor, lp_neg: torch.Tensor, eps: float = 0.2) -> torch.Tensor:
-    """The code's 2-way contrastive loss, label-smoothed (spec §5.3 b), averaged over the batch.
+    """The code's 2-way contrastive loss, label-smoothed (docs/algorithms.md §5.3 b), averaged over the batch.
 
     Args:
         lp_pos: ``[B]`` length-normalised log-likelihood of the output under p_pos (``mean_t log p``).
@@ -246,7 +246,7 @@ def contrastive_loss(lp_pos: torch.Tensor, lp_neg: torch.Tensor, eps: float = 0.
 
 
 def batch_contrastive_loss(lp_matrix: torch.Tensor) -> torch.Tensor:
-    """The paper's contrastive loss (Eq. 6 as read, spec §5.5): softmax over the batch's instructions.
+    """The paper's contrastive loss (Eq. 6 as read, docs/algorithms.md §5.5): softmax over the batch's instructions.
 
     Args:
         lp_matrix: ``[n,n]``, ``lp_matrix[i,j] = mean_t log P(o_i | q_i, p_j)`` where ``p_j`` is example
@@ -260,13 +260,13 @@ def batch_contrastive_loss(lp_matrix: torch.Tensor) -> torch.Tensor:
 
 
 def mean_entropy(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-example mean entropy over the label positions ``[B]`` (spec §5.3 c; padding masked)."""
+    """Per-example mean entropy over the label positions ``[B]`` (docs/algorithms.md §5.3 c; padding masked)."""
     return ops.masked_mean(ops.entropy_from_logits(logits), mask, dim=-1)
 
 
 def hir_loss(sup: torch.Tensor, con: torch.Tensor, entropy: torch.Tensor, contrastive_coef: float = 1.0,
              entropy_coef: float = 0.001) -> torch.Tensor:
-    """``L = L_sup + contrastive_coef * L_con - entropy_coef * H`` (spec §5.3; entropy is a bonus)."""
+    """``L = L_sup + contrastive_coef * L_con - entropy_coef * H`` (docs/algorithms.md §5.3; entropy is a bonus)."""
     return sup + contrastive_coef * con - entropy_coef * entropy
 
 
@@ -282,11 +282,11 @@ def split_and_cap(n: int, pool_size: int, eval_size: int, generator: torch.Gener
 
 # -------------------------------------------------------------------------------------------- module
 class HIR(L.LightningModule):
-    """Hindsight Instruction Relabeling (see the module docstring; every default is spec §5.7's code value).
+    """Hindsight Instruction Relabeling (see the module docstring; every default is docs/algorithms.md §5.7's code value).
 
     Args:
         policy: the model (``conf/model/*.yaml``).
-        lr, weight_decay: AdamW, constant LR (spec §5.7: 5e-4, 0).
+        lr, weight_decay: AdamW, constant LR (docs/algorithms.md §5.7: 5e-4, 0).
         iterations: sampling + training rounds (code: 1 initial + 30).
         epochs_per_iteration: passes over the capped train split per round (code: 10).
         batch_size: relabeled examples per optimizer step (code: 64 effective).
@@ -304,7 +304,7 @@ class HIR(L.LightningModule):
         contrastive_eps: smoothing of the pair-contrastive loss (None = ``label_smoothing``, as the code).
         contrastive: ``pair`` (the code: softmax over {p_pos, p_neg}) or ``batch`` (the paper).
         contrastive_coef, entropy_coef: loss weights (1, 0.001).
-        sub_output: sub-output relabeling (spec §5.4, on in the code).
+        sub_output: sub-output relabeling (docs/algorithms.md §5.4, on in the code).
         sub_output_eos: end truncated chunks with EOS as the code does (see :func:`sub_output_labels`).
         instr_original, instr_correct, instr_wrong, fix_instruction_typo: the relabel strings (§5.2).
         relabel_fn: import path of a ``relabel(query, output, instruction, feedback) -> (p_pos, p_neg)``
@@ -387,7 +387,7 @@ class HIR(L.LightningModule):
         stored = self.buffer.rows
         rows = [stored[i] for i in self._plan.pop(0)]
         opt = self.optimizers()
-        for group in opt.param_groups:  # constant LR (spec §5.7), also after a warm start or a resume
+        for group in opt.param_groups:  # constant LR (docs/algorithms.md §5.7), also after a warm start or a resume
             group["lr"] = hp.lr
         opt.zero_grad()
         chunk = hp.micro_batch_size or len(rows)
@@ -436,16 +436,16 @@ class HIR(L.LightningModule):
     def _start_iteration(self) -> None:
         hp = self.hparams
         pool, held_out = self._pool(), self._held_out()
-        if self._iteration == 0:  # spec §5.6: evaluate(base model) first
+        if self._iteration == 0:  # docs/algorithms.md §5.6: evaluate(base model) first
             acc = self._evaluate(held_out)
             self.log("hir/accuracy_base", acc)
             self.log("hir/accuracy", acc, prog_bar=True)
             self._report(f"HIR base model: held-out accuracy {acc:.3f}", samples=True)
         # 1. collect: sample the pool under the original instruction (no grad, dropout off in generate)
         prompts, targets, outputs, ids, mask, resp, rmask = self._sample(pool)
-        # 2. score: spec §5.1 normalised exact match is the feedback
+        # 2. score: docs/algorithms.md §5.1 normalised exact match is the feedback
         correct = [is_correct(o, t) for o, t in zip(outputs, targets)]
-        # 3. buffer: D accumulates across rounds (append mode, spec §5.6); dedupe within a round
+        # 3. buffer: D accumulates across rounds (append mode, docs/algorithms.md §5.6); dedupe within a round
         rollout = Rollout(ids, mask, resp, rmask, scores=torch.tensor(correct, dtype=torch.float32),
                           prompt=prompts, response=outputs, instruction=[hp.instr_original] * len(prompts),
                           feedback=[{"correct": c, "round": self._iteration} for c in correct], target=targets)
@@ -487,7 +487,7 @@ class HIR(L.LightningModule):
 
     # ------------------------------------------------------------------------------- relabel + loss
     def _loss_terms(self, rows: Sequence[dict[str, Any]], sub_output: bool) -> dict[str, torch.Tensor]:
-        """Relabel ``rows`` (buffer rows), run the forward passes and compute spec §5.3's terms."""
+        """Relabel ``rows`` (buffer rows), run the forward passes and compute docs/algorithms.md §5.3's terms."""
         hp = self.hparams
         eos = self.policy.eos_token_id
         texts, prefixes, labels, pos, neg = [], [], [], [], []
@@ -539,7 +539,7 @@ class HIR(L.LightningModule):
 
     def _forward(self, texts, instructions, prefixes, label_ids, label_mask) -> torch.Tensor:
         """Logits ``[N,R,V]`` of the labels given ``instruction + query`` with the sub-output prefix
-        inserted before the tokens the policy appends to prompts (spec §5.4: ``input[:-1] + o[:start] + input[-1:]``)."""
+        inserted before the tokens the policy appends to prompts (docs/algorithms.md §5.4: ``input[:-1] + o[:start] + input[-1:]``)."""
         ids, mask = self.policy.encode_prompts([relabeled_input(t, p) for t, p in zip(texts, instructions)])
         seqs = [insert_prefix([t for t, m in zip(row_ids, row_mask) if m], prefix, self._prompt_suffix,
                               self.policy.max_length)
@@ -576,7 +576,7 @@ class HIR(L.LightningModule):
 
     @torch.no_grad()
     def _evaluate(self, rows: Sequence[dict[str, str]]) -> float:
-        """Greedy, normalised exact match (spec §5.7 eval) under the original instruction."""
+        """Greedy, normalised exact match (docs/algorithms.md §5.7 eval) under the original instruction."""
         hp = self.hparams
         correct, shown = [], []
         for i in range(0, len(rows), hp.sample_batch_size):
@@ -602,7 +602,7 @@ class HIR(L.LightningModule):
         return rows
 
     def _pool(self) -> list[dict[str, str]]:
-        """The sampling pool (spec §5.1: BBH's 80% split), this rank's share of it."""
+        """The sampling pool (docs/algorithms.md §5.1: BBH's 80% split), this rank's share of it."""
         rows = self._rows("train_rows")[: self.hparams.pool_size or None]
         return rows[self.global_rank:: self.trainer.world_size]
 

@@ -1,9 +1,9 @@
 """Self-correction (Welleck et al. 2022, "Generating Sequences by Learning to [Self-]Correct",
-arXiv 2211.00053; spec §6).
+arXiv 2211.00053; docs/algorithms.md §6).
 
 A fixed generator ``p0(y|x)`` and a trained corrector ``pθ(y'|y, x, f(y))``. The corrector reads
 ``x ⊕ SEP_H ⊕ y ⊕ SEP_F ⊕ f(y) ⊕ SEP_C`` and is trained with token-level cross-entropy on ``y' ⊕ EOS``
-(spec §6.1). Algorithm 1 (spec §6.2), one Lightning step = one iteration:
+(docs/algorithms.md §6.1). Algorithm 1 (docs/algorithms.md §6.2), one Lightning step = one iteration:
 
 1. collect: ``N`` generator samples for every prompt of the batch not yet in the pool
    (Initialization, Eq. 2: the pool of x is initialised the first time x is drawn), and one corrector
@@ -16,7 +16,7 @@ A fixed generator ``p0(y|x)`` and a trained corrector ``pθ(y'|y, x, f(y))``. Th
 
 Validation greedy-decodes ``y0`` from the generator and applies the corrector ``num_corrections``
 times; fixed-k values and oracle-stop values (stop once ``v`` is maximal, which uses the gold answer)
-are reported separately (spec §6.5). With ``eval_generator_*`` set, the same corrector is also applied
+are reported separately (docs/algorithms.md §6.5). With ``eval_generator_*`` set, the same corrector is also applied
 to another generator's outputs (swapping generators, paper §4.3).
 
 Run: ``python train.py algo=self_correct`` (tiny-t5 on generated word_sorting: the generator is a short
@@ -62,7 +62,7 @@ def improving_pairs(groups: Sequence[Hashable], values: Sequence[float],
                     keep_value: float | None = None) -> list[tuple[int, int]]:
     """Pairing, Eq. 3: every ``(i, j)`` with ``groups[i] == groups[j]`` and ``values[i] < values[j]``.
 
-    Strictly improving (ties never pair) and never across prompts (spec §6.2).
+    Strictly improving (ties never pair) and never across prompts (docs/algorithms.md §6.2).
 
     Args:
         groups: ``[K]`` the prompt (or any key) of each pool entry.
@@ -99,7 +99,7 @@ def levenshtein(a: Sequence[Hashable], b: Sequence[Hashable]) -> int:
 
 
 def token_similarity(a: Sequence[Hashable], b: Sequence[Hashable]) -> float:
-    """``s(y, y') = 1 - Levenshtein_tokens(y, y') / max(|y|, |y'|)`` in [0, 1] (spec §6.4 [PROJECT]);
+    """``s(y, y') = 1 - Levenshtein_tokens(y, y') / max(|y|, |y'|)`` in [0, 1] (docs/algorithms.md §6.4 [PROJECT]);
     1 for two empty sequences."""
     longest = max(len(a), len(b))
     return 1.0 if longest == 0 else 1.0 - levenshtein(a, b) / longest
@@ -110,7 +110,7 @@ def pair_probabilities(hyp_index: torch.Tensor, improvement: torch.Tensor, simil
     """Eq. 4: ``P[(x,y,y')] = exp(α·Δv + β·s) / Z(y)`` times the uniform choice of the hypothesis.
 
     ``Z(y)`` sums over the corrections of the same hypothesis only, so every hypothesis that has a
-    correction gets the same total mass ``1/H`` (spec §6.2), however many corrections it has.
+    correction gets the same total mass ``1/H`` (docs/algorithms.md §6.2), however many corrections it has.
 
     Args:
         hyp_index: ``[K]`` long, which hypothesis each candidate pair belongs to.
@@ -133,7 +133,7 @@ def pair_probabilities(hyp_index: torch.Tensor, improvement: torch.Tensor, simil
 def sample_pairs(hyp_index: torch.Tensor, improvement: torch.Tensor, similarity: torch.Tensor, alpha: float,
                  beta: float, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Two-stage sampler of Eq. 4: a hypothesis uniformly among those with a correction, then one of
-    its corrections by softmax over ``α·Δv + β·s`` (spec §6.2). Draws with replacement.
+    its corrections by softmax over ``α·Δv + β·s`` (docs/algorithms.md §6.2). Draws with replacement.
 
     Returns:
         ``[n]`` long indices into the ``K`` candidate pairs.
@@ -156,7 +156,7 @@ def sample_pairs(hyp_index: torch.Tensor, improvement: torch.Tensor, similarity:
 def corrector_prompt(prompt: str, hypothesis: str, feedback: str | None, sep_hypothesis: str = "\nHypothesis:",
                      sep_feedback: str = "\nFeedback:", sep_correction: str = "\nCorrection:",
                      layout: str = "prompt_first") -> str:
-    """The corrector's input. ``prompt_first`` (spec §6.1): ``x ⊕ SEP_H ⊕ y ⊕ SEP_F ⊕ f(y) ⊕ SEP_C``.
+    """The corrector's input. ``prompt_first`` (docs/algorithms.md §6.1): ``x ⊕ SEP_H ⊕ y ⊕ SEP_F ⊕ f(y) ⊕ SEP_C``.
     ``prompt_last`` [PROJECT]: ``SEP_H ⊕ y ⊕ SEP_F ⊕ f(y) ⊕ "\n" ⊕ x`` (leading newlines of SEP_H dropped,
     no SEP_C): the input ends exactly as the generator's prompt does, so a corrector started from the
     generator's weights starts out answering the question. The SEP_F part is dropped when ``feedback``
@@ -166,11 +166,11 @@ def corrector_prompt(prompt: str, hypothesis: str, feedback: str | None, sep_hyp
         return f"{prompt}{sep_hypothesis}{hypothesis}{fb}{sep_correction}"
     if layout == "prompt_last":
         return f"{sep_hypothesis.lstrip(chr(10))}{hypothesis}{fb}\n{prompt}"
-    raise UserError(f"algo.layout={layout!r}: use prompt_first (spec §6.1) or prompt_last")
+    raise UserError(f"algo.layout={layout!r}: use prompt_first (docs/algorithms.md §6.1) or prompt_last")
 
 
 def corrector_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``-log pθ(y'|y, x, f(y))``, token mean over the correction's tokens (spec §1.2 / §6.2).
+    """``-log pθ(y'|y, x, f(y))``, token mean over the correction's tokens (docs/algorithms.md §1.2 / §6.2).
 
     Args:
         logits: ``[B,R,V]`` aligned with ``targets`` (``Policy.forward``); x, y and f live in the
@@ -185,7 +185,7 @@ def correct_iteratively(outputs: Sequence[str], values: torch.Tensor, feedback: 
                         correct: Callable[[list[int], list[str], list[str]], list[str]],
                         judge_fn: Callable[[list[int], list[str]], tuple[torch.Tensor, list[str]]],
                         k: int, stop_value: float | None = None) -> tuple[torch.Tensor, list[list[str]]]:
-    """Inference (spec §6.2): ``y_{t+1} ~ q(pθ(·|y_t, x, f(y_t)))`` for t = 0..k-1.
+    """Inference (docs/algorithms.md §6.2): ``y_{t+1} ~ q(pθ(·|y_t, x, f(y_t)))`` for t = 0..k-1.
 
     Args:
         outputs: ``B`` generator outputs ``y_0``; values ``[B]`` and feedback their ``v`` and ``f``.
@@ -193,7 +193,7 @@ def correct_iteratively(outputs: Sequence[str], values: torch.Tensor, feedback: 
         judge_fn: ``(indices, outputs) -> (values [n], feedback)``.
         k: number of corrections.
         stop_value: oracle stop: an item stops once its value reaches this (None = fixed k). Only
-            legitimate when v is available at test time (spec §6.5).
+            legitimate when v is available at test time (docs/algorithms.md §6.5).
 
     Returns:
         ``(values [k+1, B], outputs per step)``; a stopped item keeps its last value and output.
@@ -268,7 +268,7 @@ def explore(pool: Mapping[str, Sequence[Mapping[str, Any]]], prompts: Sequence[s
 
 def sft_generator(policy: Policy, prompts: Sequence[str], responses: Sequence[str], steps: int, batch_size: int,
                   lr: float, seed: int) -> float:
-    """Make the fixed generator: ``steps`` of SFT (spec §1) on (prompt, response) demonstrations, AdamW
+    """Make the fixed generator: ``steps`` of SFT (docs/algorithms.md §1) on (prompt, response) demonstrations, AdamW
     at a constant ``lr``; the policy is frozen afterwards. Returns the last loss."""
     device = next(policy.parameters()).device
     policy.requires_grad_(True)
@@ -293,7 +293,7 @@ def sft_generator(policy: Policy, prompts: Sequence[str], responses: Sequence[st
 
 # ------------------------------------------------------------------------------------------ module
 class SelfCorrect(L.LightningModule):
-    """A corrector trained on value-improving pairs of a fixed generator's outputs (spec §6).
+    """A corrector trained on value-improving pairs of a fixed generator's outputs (docs/algorithms.md §6).
 
     Args:
         policy: the corrector's model (``conf/model/*.yaml``).
@@ -307,8 +307,8 @@ class SelfCorrect(L.LightningModule):
             or ``scratch`` (``policy`` as built).
         value: the value/feedback function, ``{"name": ..., **kwargs}`` (``feedback_lm.values``).
         use_feedback: put ``f(y)`` into the corrector input.
-        sep_hypothesis / sep_feedback / sep_correction: the separators of spec §6.1.
-        layout: ``prompt_first`` (spec §6.1) or ``prompt_last`` (see :func:`corrector_prompt`).
+        sep_hypothesis / sep_feedback / sep_correction: the separators of docs/algorithms.md §6.1.
+        layout: ``prompt_first`` (docs/algorithms.md §6.1) or ``prompt_last`` (see :func:`corrector_prompt`).
         num_samples: N, generator samples per prompt at initialization.
         sample_temperature: decoding q for initialization and exploration (inference is greedy).
         alpha / beta: improvement and proximity weights of Eq. 4.

@@ -1,7 +1,7 @@
-"""Supervised fine-tuning on demonstrations (spec §1; InstructGPT §3.5, arXiv 2203.02155).
+"""Supervised fine-tuning on demonstrations (docs/algorithms.md §1; InstructGPT §3.5, arXiv 2203.02155).
 
 Per-token cross-entropy on the response tokens (EOS included), prompt tokens masked out, for causal
-and encoder-decoder models alike (the policy aligns logits with response tokens, spec §0.3).
+and encoder-decoder models alike (the policy aligns logits with response tokens, docs/algorithms.md §0.3).
 
 Run: ``python train.py algo=sft model=tiny-t5 data=word_sorting``
 
@@ -30,7 +30,7 @@ NORMALIZATIONS = ("token_mean", "sequence_mean", "sum")
 
 def sft_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
              normalize: str = "token_mean") -> torch.Tensor:
-    """Masked negative log-likelihood of the targets (spec §1.2).
+    """Masked negative log-likelihood of the targets (docs/algorithms.md §1.2).
 
     Args:
         logits: ``[B,R,V]`` aligned so that ``logits[:, t]`` predicts ``targets[:, t]``.
@@ -42,7 +42,7 @@ def sft_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
     Returns:
         Scalar loss (fp32).
     """
-    nll = -ops.gather_logprobs(logits, targets)  # fp32 log-softmax (spec §0.4)
+    nll = -ops.gather_logprobs(logits, targets)  # fp32 log-softmax (docs/algorithms.md §0.4)
     if normalize == "token_mean":
         return ops.masked_mean(nll, mask)
     if normalize == "sequence_mean":

@@ -1,16 +1,16 @@
-"""Comparison data for reward modelling (spec §2): K responses to one prompt, ranked by a labeller.
+"""Comparison data for reward modelling (docs/algorithms.md §2): K responses to one prompt, ranked by a labeller.
 
 One :class:`Comparison` holds a prompt, ``K >= 2`` responses and a ranking in *tiers* (best first,
 ties grouped), e.g. ``[[2], [0, 3], [1]]``. :meth:`Comparison.pairs` expands it into the
-``(winner, loser)`` pairs of the InstructGPT loss (spec §2.b; ties give no pair); a best-of-K label
-(Ziegler, spec §2.a) keeps ``best`` so the softmax loss can use it directly.
+``(winner, loser)`` pairs of the InstructGPT loss (docs/algorithms.md §2.b; ties give no pair); a best-of-K label
+(Ziegler, docs/algorithms.md §2.a) keeps ``best`` so the softmax loss can use it directly.
 
 JSONL rows accepted by :func:`parse_comparison` / :func:`load_comparisons` (one shape per row; K may
 vary between rows; an optional ``"meta"`` object is kept as it is):
 
-- ``{"prompt": "...", "responses": ["...", ...], "best": i}``: best-of-K (spec §2.a).
+- ``{"prompt": "...", "responses": ["...", ...], "best": i}``: best-of-K (docs/algorithms.md §2.a).
 - ``{"prompt": "...", "responses": ["...", ...], "ranking": [2, [0, 3], 1]}``: best first, ties as
-  nested lists (spec §2.b); the ranking must be a permutation of ``range(K)``.
+  nested lists (docs/algorithms.md §2.b); the ranking must be a permutation of ``range(K)``.
 - ``{"prompt": "...", "chosen": "...", "rejected": "..."}``: a pairwise label, read as best-of-2.
 
 Other fields are refused rather than ignored, so that a typo (``"rank"``, ``"best_idx"``) cannot
@@ -87,7 +87,7 @@ class Comparison:
     def pairs(self) -> list[tuple[int, int]]:
         """All ``(winner, loser)`` index pairs with the winner in a strictly better tier.
 
-        Tied responses give no pair (spec §2.b). A strict ranking of K gives ``K(K-1)/2`` pairs,
+        Tied responses give no pair (docs/algorithms.md §2.b). A strict ranking of K gives ``K(K-1)/2`` pairs,
         best-of-K gives ``K-1``. Order: by winner tier, then loser tier, then position in the tier.
         """
         return [

@@ -5,7 +5,7 @@ data side knows nothing about causal vs encoder-decoder models or tokenizers.
 
 * ``generated``: a task generator in BIG-Bench Hard format (``feedback_lm.data.tasks``), made on the
   fly from a seed; this is what the embedded default uses and needs no files;
-* ``bbh``: a real BBH task JSON (seeded 80/20 split, spec §5.1); the held-out 20% is the val set;
+* ``bbh``: a real BBH task JSON (seeded 80/20 split, docs/algorithms.md §5.1); the held-out 20% is the val set;
 * ``jsonl``: ``{"prompt", "response"}`` rows (``target`` optional, defaults to the response).
 
 A batch is ``{"prompt": [str], "response": [str], "target": [str]}``.

@@ -1,6 +1,6 @@
 """Reading and writing task data files: BBH JSON and JSONL rows, with errors a user can act on.
 
-- :func:`load_bbh` reads a BIG-Bench Hard task file and returns the spec §5.1 split.
+- :func:`load_bbh` reads a BIG-Bench Hard task file and returns the docs/algorithms.md §5.1 split.
 - :func:`load_jsonl` reads rows such as ``{"prompt": ..., "response": ...}`` and names the file and
   line of the first bad row.
 - :func:`read_text_lines` decodes a text file line by line and names the file and line of the first byte
@@ -49,7 +49,7 @@ def load_bbh(
 ) -> list[Example]:
     """Load a BBH task file (``{"canary", "examples": [{"input", "target"}]}``).
 
-    BBH inputs already hold the options in the spec §5.1 layout (``"...\\nOptions:\\n(A) ..."``) and no
+    BBH inputs already hold the options in the docs/algorithms.md §5.1 layout (``"...\\nOptions:\\n(A) ..."``) and no
     ``"\\n\\n"``, so they are used as they are.
 
     Args:

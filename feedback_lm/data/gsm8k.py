@@ -125,7 +125,7 @@ def prompt_for(question: str) -> str:
 def correction_pairs(solutions: Sequence[GradedSolution]) -> list[dict[str, str]]:
     """Wrong solutions -> the ground truth: ``{"prompt", "hypothesis", "correction", "target"}`` rows.
 
-    Only solutions graded wrong form pairs (a strictly value-improving pair, spec §6.2); the
+    Only solutions graded wrong form pairs (a strictly value-improving pair, docs/algorithms.md §6.2); the
     correction is the reference solution with its ``A: <n>`` line, the target is the number.
     """
     return [{"prompt": prompt_for(s.question), "hypothesis": s.solution, "correction": s.ground_truth,

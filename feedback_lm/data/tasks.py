@@ -68,12 +68,12 @@ class Example:
 
 
 # --------------------------------------------------------------------------------------------------
-# Correctness (spec §5.1) and graded scores
+# Correctness (docs/algorithms.md §5.1) and graded scores
 # --------------------------------------------------------------------------------------------------
 
 
 def normalize_output(s: str) -> str:
-    """Normalise a model output: spec §5.1 ``norm_out`` (drop spaces and dots, lower-case).
+    """Normalise a model output: docs/algorithms.md §5.1 ``norm_out`` (drop spaces and dots, lower-case).
 
     Newlines are deliberately *kept* (the reference code does not touch them in outputs).
     """
@@ -81,7 +81,7 @@ def normalize_output(s: str) -> str:
 
 
 def normalize_target(s: str) -> str:
-    """Normalise a gold target: spec §5.1 ``norm_tgt`` (lower-case, newline -> space, drop spaces/dots)."""
+    """Normalise a gold target: docs/algorithms.md §5.1 ``norm_tgt`` (lower-case, newline -> space, drop spaces/dots)."""
     return s.lower().replace("\n", " ").replace(" ", "").replace(".", "")
 
 

@@ -1,4 +1,4 @@
-"""Every YAML composes, and every group option builds what it names (DESIGN §5.9)."""
+"""Every YAML composes, and every group option builds what it names (docs/architecture.md §5.9)."""
 
 from pathlib import Path
 

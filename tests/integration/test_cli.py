@@ -79,7 +79,7 @@ def test_checkpoint_from_another_architecture_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_two_processes_on_cpu(tmp_path):
-    """DESIGN §5.9: SFT as 2 DDP processes on CPU (gloo), launched by Lightning from the CLI."""
+    """docs/architecture.md §5.9: SFT as 2 DDP processes on CPU (gloo), launched by Lightning from the CLI."""
     run = tmp_path / "run"
     proc = ok(train("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=3",
                     f"hydra.run.dir={run}", *QUICK, cwd=tmp_path, timeout=600))

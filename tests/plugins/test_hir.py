@@ -1,4 +1,4 @@
-"""HIR: spec §5.9 tests (pure functions on hand-made tensors), wiring of the module on tiny models, and
+"""HIR: docs/algorithms.md §5.9 tests (pure functions on hand-made tensors), wiring of the module on tiny models, and
 the plugin contract for both families."""
 
 import math
@@ -311,7 +311,7 @@ QUICK_HIR = ["algo.max_new_tokens=6", "algo.warm_start_steps=1", "algo.pool_size
 
 
 def test_hir_plugin_contract():
-    """DESIGN §3 for both families: a warm-start step, then an iteration boundary (evaluate, sample,
+    """docs/architecture.md §3 for both families: a warm-start step, then an iteration boundary (evaluate, sample,
     buffer, plan) and offline steps; save -> resume mid-iteration."""
     from feedback_lm.testing import check_plugin
 

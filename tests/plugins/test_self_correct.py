@@ -1,4 +1,4 @@
-"""Self-correction: spec §6.6 tests on the pure functions, the plugin contract for both families, and
+"""Self-correction: docs/algorithms.md §6.6 tests on the pure functions, the plugin contract for both families, and
 the toy integration (#8, slow)."""
 
 import itertools
@@ -206,7 +206,7 @@ class FixedLogits(nn.Module):
 
 def test_corrector_loss_ignores_x_y_and_feedback():
     """#7: noise on the logits at positions that predict x, y and f tokens changes neither the loss nor
-    gives them gradient; only the correction's tokens count (spec §1.6 #1-#2 on the corrector input)."""
+    gives them gradient; only the correction's tokens count (docs/algorithms.md §1.6 #1-#2 on the corrector input)."""
     tok = ByT5Tokenizer()
     text = corrector_prompt("Q: 2 1\nA:", " 2 1", "misplaced: 2")
     assert text == "Q: 2 1\nA:\nHypothesis: 2 1\nFeedback: misplaced: 2\nCorrection:"
@@ -244,7 +244,7 @@ QUICK = ["algo.max_new_tokens=8", "algo.generator_sft_steps=2", "algo.batch_size
 
 
 def test_self_correct_plugin_contract():
-    """DESIGN §3 for both families: finite loss, the corrector changes, save -> resume (pool included)."""
+    """docs/architecture.md §3 for both families: finite loss, the corrector changes, save -> resume (pool included)."""
     from feedback_lm.testing import check_plugin
 
     results = check_plugin("self_correct", overrides=QUICK)

@@ -1,4 +1,4 @@
-"""SFT: spec §1.6 tests, plus the plugin contract for both families."""
+"""SFT: docs/algorithms.md §1.6 tests, plus the plugin contract for both families."""
 
 import math
 from types import SimpleNamespace
@@ -129,7 +129,7 @@ def test_overfit_one_pair():
 
 
 def test_sft_plugin_contract():
-    """DESIGN §3: both tiny architectures, finite loss, params change, save -> resume."""
+    """docs/architecture.md §3: both tiny architectures, finite loss, params change, save -> resume."""
     from feedback_lm.testing import check_plugin
 
     results = check_plugin("sft", overrides=["algo.max_new_tokens=8"])

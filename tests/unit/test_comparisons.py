@@ -1,4 +1,4 @@
-"""Tests for feedback_lm.data.comparisons: row shapes, pairs (spec §2.b), errors, HH-RLHF, split."""
+"""Tests for feedback_lm.data.comparisons: row shapes, pairs (docs/algorithms.md §2.b), errors, HH-RLHF, split."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for feedback_lm.data.files: BBH loading and the spec §5.1 split, JSONL read/write."""
+"""Tests for feedback_lm.data.files: BBH loading and the docs/algorithms.md §5.1 split, JSONL read/write."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Unit tests of feedback_lm.kl against spec/ALGORITHMS.md §3.6 and §3.9 #6."""
+"""Unit tests of feedback_lm.kl against docs/algorithms.md §3.6 and §3.9 #6."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Unit tests of feedback_lm.ops against the hand-computed numbers of spec/ALGORITHMS.md §0.4 and §3.9."""
+"""Unit tests of feedback_lm.ops against the hand-computed numbers of docs/algorithms.md §0.4 and §3.9."""
 
 import math
 
@@ -71,7 +71,7 @@ def test_masked_ops_ignore_garbage_at_masked_positions():
 
 
 def test_masked_whiten_spec_numbers():
-    # spec §3.9 #3
+    # docs/algorithms.md §3.9 #3
     x = t([[1.0, 2.0], [3.0, 4.0]])
     ones = torch.ones(2, 2, dtype=torch.bool)
     shifted = t([[-1.341641, -0.447214], [0.447214, 1.341641]])
@@ -131,7 +131,7 @@ def test_seq_logprob_and_mean():
 
 
 def test_kl_penalty_rewards_spec_numbers():
-    # spec §3.9 #1
+    # docs/algorithms.md §3.9 #1
     logprobs = t([[-1.0, -2.0, -0.5]])
     ref = t([[-1.5, -1.0, -0.5]])
     mask = torch.ones(1, 3, dtype=torch.bool)
@@ -155,7 +155,7 @@ def test_kl_penalty_rewards_puts_score_at_last_valid_token():
 
 
 def test_gae_spec_numbers():
-    # spec §3.9 #2
+    # docs/algorithms.md §3.9 #2
     rewards = t([[-0.1, -0.2, 1.0]])
     values = t([[0.5, 0.4, 0.3]])
     mask = torch.ones(1, 3, dtype=torch.bool)

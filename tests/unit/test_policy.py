@@ -1,4 +1,4 @@
-"""The policy adapter: alignment of logits with response tokens, padding, generation (spec §0.3)."""
+"""The policy adapter: alignment of logits with response tokens, padding, generation (docs/algorithms.md §0.3)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Tests for feedback_lm.data.tasks: spec §5.1 exact match, graded scores, BBH-format generators.
+"""Tests for feedback_lm.data.tasks: docs/algorithms.md §5.1 exact match, graded scores, BBH-format generators.
 
 Generated examples are checked two ways against the real BBH files (../shared/data/bbh, skipped when
 absent): (1) their text skeletons (the text with names/items/objects replaced by placeholders) must
@@ -50,7 +50,7 @@ def real(task: str) -> list[Example]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Normalisers and correctness: spec §5.9 #2
+# Normalisers and correctness: docs/algorithms.md §5.9 #2
 # --------------------------------------------------------------------------------------------------
 
 
