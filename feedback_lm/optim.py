@@ -17,14 +17,26 @@ def fused_kernel(params: Iterable[torch.Tensor]) -> bool | None:
     return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params) or None
 
 
+def clippable(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Let Lightning clip the gradients of a fused optimizer under mixed precision.
+
+    A fused torch optimizer declares that it unscales gradients inside ``step``
+    (``_step_supports_amp_scaling``), and Lightning then refuses ``clip_gradients`` under any mixed
+    precision, bf16 included, although bf16 has no loss scaling at all. Declaring it a plain optimizer
+    makes a grad scaler (fp16) unscale before clipping, as for any optimizer; the fused step is unchanged.
+    """
+    optimizer._step_supports_amp_scaling = False
+    return optimizer
+
+
 def build_adamw(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0,
                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.AdamW:
     """AdamW over the trainable parameters, with the fused kernel where torch has one (:func:`fused_kernel`)."""
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("no trainable parameters")
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps,
-                             fused=fused_kernel(params))
+    return clippable(torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps,
+                                       fused=fused_kernel(params)))
 
 
 def lr_factor(step: int, total_steps: int, schedule: str = "cosine", warmup_steps: int = 0,

@@ -45,7 +45,7 @@ from feedback_lm.evaluation import exact_match
 from feedback_lm.kl import build_kl_controller
 from feedback_lm.models import ModelConfig, ScalarHead
 from feedback_lm.online import optimizer_step, require_reward, score_responses, task_batch, validate
-from feedback_lm.optim import fused_kernel, lr_factor
+from feedback_lm.optim import clippable, fused_kernel, lr_factor
 from feedback_lm.policy import Policy
 from feedback_lm.ptx import PtxStream
 from feedback_lm.reference import frozen_reference, reference_logprobs, reference_policy, save_policy
@@ -630,8 +630,8 @@ class PPO(L.LightningModule):
         ids = {id(p) for p in value_params}
         groups = [{"params": [p for p in self.parameters() if p.requires_grad and id(p) not in ids], "lr": hp.lr},
                   {"params": value_params, "lr": hp.vf_lr or hp.lr}]
-        opt = torch.optim.Adam(groups, lr=hp.lr, eps=hp.adam_eps, weight_decay=hp.weight_decay,
-                               fused=fused_kernel(p for g in groups for p in g["params"]))
+        opt = clippable(torch.optim.Adam(groups, lr=hp.lr, eps=hp.adam_eps, weight_decay=hp.weight_decay,
+                                         fused=fused_kernel(p for g in groups for p in g["params"])))
         for g in opt.param_groups:
             g["initial_lr"] = g["lr"]
         return opt
