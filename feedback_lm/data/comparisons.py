@@ -26,11 +26,10 @@ import json
 import logging
 import os
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from feedback_lm.data.files import read_text_lines, write_jsonl
+from feedback_lm.data.files import read_jsonl, write_jsonl
 from feedback_lm.errors import UserError
 
 __all__ = [
@@ -172,7 +171,7 @@ def load_comparisons(path: str | os.PathLike, skip_degenerate: bool = False,
             accepted row, or a row is degenerate; the message names ``path:LINE``.
     """
     comparisons, n_degenerate = [], 0
-    for where, _, row in _read_jsonl(path, what="comparison"):
+    for where, _, row in read_jsonl(path, what="comparison"):
         c = parse_comparison(row, where)
         problem = degenerate(c)
         if problem is None:
@@ -236,7 +235,7 @@ def load_hh_rlhf(path: str | os.PathLike, limit: int | None = None,
     shape = '{"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": "..."}'
     comparisons: list[Comparison] = []
     counts = {"chosen == rejected": 0, 'no shared "\\n\\nAssistant:" turn': 0, "empty final turn": 0}
-    for where, line_no, row in _read_jsonl(path, what="HH-RLHF"):
+    for where, line_no, row in read_jsonl(path, what="HH-RLHF"):
         if limit is not None and len(comparisons) >= limit:
             break
         if not (isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("chosen", "rejected"))):
@@ -370,22 +369,6 @@ def _check(prompt, responses, tiers, best, meta, where: str) -> None:
 
 def _fail(where: str, problem: str):
     raise UserError(f"{where}: {problem}. Accepted rows: {ACCEPTED_SHAPES}")
-
-
-def _read_jsonl(path: str | os.PathLike, what: str) -> Iterator[tuple[str, int, object]]:
-    """Yield ``("path:LINE", LINE, decoded value)`` for each non-blank line of a JSONL or JSONL.gz file."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{what} file not found: {p}. Check the path in your data config (data.path=...).")
-    for line_no, line in read_text_lines(p):
-        if not line.strip():
-            continue
-        where = f"{p}:{line_no}"
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{where}: not valid JSON ({err.msg}); each line must be one JSON object") from None
-        yield where, line_no, value
 
 
 def _preview(value, limit: int = 60) -> str:

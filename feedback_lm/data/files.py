@@ -120,21 +120,8 @@ def load_jsonl(path: str | os.PathLike, required: Sequence[str] = ("prompt", "re
     """
     p = Path(path)
     shape = "{" + ", ".join(f'"{k}": "..."' for k in required) + "}"
-    if not p.is_file():
-        raise UserError(
-            f"JSONL file not found: {p}. Check the path in your data config (e.g. data.path=...)."
-        )
     rows = []
-    for line_no, line in read_text_lines(p):
-        if not line.strip():
-            continue
-        where = f"{p}:{line_no}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(
-                f"{where}: not valid JSON ({err.msg}); each line must be one object like {shape}"
-            ) from None
+    for where, _, row in read_jsonl(p, "JSONL", shape):
         if not isinstance(row, dict):
             raise UserError(f"{where}: expected a JSON object like {shape}, got {_preview(row)}")
         for key in (*required, *optional):
@@ -154,6 +141,23 @@ def load_jsonl(path: str | os.PathLike, required: Sequence[str] = ("prompt", "re
     if not rows:
         raise UserError(f"{p} has no rows; each line must be an object like {shape}")
     return rows
+
+
+def read_jsonl(path: str | os.PathLike, what: str, shape: str = "JSON object") -> Iterator[tuple[str, int, object]]:
+    """``("path:LINE", LINE, decoded value)`` for each non-blank line of a JSONL or JSONL.gz file; a missing
+    file, a line that is not UTF-8 or not JSON ends in one :class:`UserError` naming the file and line."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{what} file not found: {p}. Check the path in your data config (data.path=...).")
+    for line_no, line in read_text_lines(p):
+        if not line.strip():
+            continue
+        where = f"{p}:{line_no}"
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{where}: not valid JSON ({err.msg}); each line must be one {shape}") from None
+        yield where, line_no, value
 
 
 def read_text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
