@@ -40,7 +40,7 @@ ARMS = {  # [PROJECT] settings for LoRA on a 135M model; the budget, not the ste
 
 
 def run_arm(task: str, arm: str, seed: int, args, work: Path) -> dict:
-    seconds, max_steps, batch, pool = size(args, cpu=(600, 300, 8, 64), gpu=(120, 1000, 32, 256),
+    seconds, max_steps, batch, pool = size(args, cpu=(300, 300, 8, 64), gpu=(120, 1000, 32, 256),
                                            smoke=(20, 2, 2, 4))
     run_dir = work / f"{task}_{arm}_s{seed}"
     overrides = [*ARMS[arm], *MODEL, "data=bbh", f"data.task={task}", f"data.path={SHARED / 'bbh' / (task + '.json')}",
