@@ -13,7 +13,7 @@ model was trained on; without it the generated comparisons of the task) and ``rm
 ``--rm``, the reward model trained on those labels).
 
   python bench/bench_online_algos.py --sft tiny-t5=<t5 sft>/model,tiny-gpt2=<gpt2 sft>/model \
-      --rm tiny-t5=<t5 rm>/model,tiny-gpt2=<gpt2 rm>/model --labels <labels.jsonl> \
+      --rm tiny-t5=<t5 rm>/model,tiny-gpt2=<gpt2 rm>/model --labels tiny-t5=<t5 labels>,tiny-gpt2=<gpt2 labels> \
       --arms ppo,rloo,grpo,dpo,rm_ppo --seeds 0,1,2 --minutes 10 --parallel 3 --json out.json
   python bench/bench_online_algos.py --smoke      # untrained presets, a few seconds each: the wiring only
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -64,13 +65,14 @@ def run_one(arm: str, family: str, seed: int, args, out_root: Path) -> dict:
     if family in args.sft_dirs:
         model += ["model.preset=null", f"model.name_or_path={args.sft_dirs[family]}"]
     data = []
-    if arm == "dpo" and args.labels:
-        data = ["data.source=jsonl", f"data.path={args.labels}"]
+    labels = args.label_files.get(family, args.label_files.get(""))
+    if arm == "dpo" and labels:
+        data = ["data.source=jsonl", f"data.path={labels}"]
     smoke = [*SMOKE, *SMOKE_ALGO[arm]] if args.smoke else []
     overrides = [*model, *COMMON, *[o.format(rm=args.rm_dirs.get(family)) for o in ARMS[arm]], *data, *smoke,
                  f"seed={seed}", f"+trainer.max_time={{seconds: {int(args.minutes * 60)}}}", *args.trainer_overrides]
     run = run_train(last_wins(overrides), run_dir, args.threads, timeout=args.minutes * 60 + 900)
-    out = {"arm": arm, "family": family, "seed": seed, **run}
+    out = {"arm": arm, "family": family, "seed": seed, **run, "load_after": round(os.getloadavg()[0], 2)}
     metrics = run_dir / "metrics.json"
     if run["rc"] == 0 and metrics.is_file():
         m = json.loads(metrics.read_text())
@@ -141,7 +143,8 @@ def main() -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sft", default="", help="family=<SFT model dir>,... (the start of every arm)")
     p.add_argument("--rm", default="", help="family=<reward model dir>,... (the rm_ppo arm)")
-    p.add_argument("--labels", default=None, help="the comparisons JSONL the reward model was trained on (dpo)")
+    p.add_argument("--labels", default=None, help="family=<comparisons JSONL>,... (or one path for every family): "
+                   "the labels the reward model was trained on (dpo)")
     p.add_argument("--arms", default="ppo,rloo,grpo,dpo,rm_ppo")
     p.add_argument("--families", default="tiny-t5,tiny-gpt2")
     p.add_argument("--seeds", default="0,1,2")
@@ -157,10 +160,12 @@ def main() -> dict:
     if args.smoke:
         args.minutes, args.num_val, args.seeds = min(args.minutes, 0.25), 8, "0"
     args.sft_dirs, args.rm_dirs = family_map(args.sft), family_map(args.rm)
+    args.label_files = family_map(args.labels) if args.labels and "=" in args.labels else {"": args.labels}
     args.trainer_overrides = GPU_TRAINER if args.trainer == "gpu" else []
     arms = [a for a in args.arms.split(",") if a != "rm_ppo" or args.rm_dirs]
-    jobs = [(arm, fam, int(seed), args, Path(args.out)) for arm in arms for fam in args.families.split(",")
-            for seed in args.seeds.split(",")]
+    # seed-major, arms interleaved: a change in the machine's load over the hours falls on every arm alike
+    jobs = [(arm, fam, int(seed), args, Path(args.out)) for seed in args.seeds.split(",")
+            for fam in args.families.split(",") for arm in arms]
     started = time.perf_counter()
     runs = run_jobs(run_one, jobs, args.parallel)
     result = {"args": {k: v for k, v in vars(args).items() if k != "trainer_overrides"}, "runs": runs,
