@@ -25,7 +25,7 @@ import json
 import time
 from pathlib import Path
 
-from _cli import finish, run_train
+from _cli import finish, run_jobs, run_train
 from _smollm2 import MODEL, SHARED, add_size_args, seeds, size, trainer_overrides
 from bench_hir_table import INSTRUCTION, QUERY_TEMPLATE, hydra_value
 
@@ -87,10 +87,12 @@ def main(argv: list[str] | None = None) -> dict:
     add_size_args(p, "/tmp/bench_smollm2_hir_table")
     p.add_argument("--tasks", default=TASKS, help="comma-separated BBH task files")
     p.add_argument("--arms", default="sft,ppo,hir")
+    p.add_argument("--parallel", type=int, default=1, help="runs at once (on a GPU: 9 share one card)")
     args = p.parse_args(argv)
     tasks = args.tasks.split(",")[:1] if args.smoke else args.tasks.split(",")
     started = time.perf_counter()
-    runs = [run_arm(t, a, s, args, Path(args.work)) for s in seeds(args) for t in tasks for a in args.arms.split(",")]
+    jobs = [(t, a, s, args, Path(args.work)) for s in seeds(args) for t in tasks for a in args.arms.split(",")]
+    runs = run_jobs(run_arm, jobs, args.parallel)
     md = table(runs)
     print(md)
     return finish({"what": "HIR table on SmolLM2-135M-Instruct, real BBH (bench_smollm2_hir_table.py)",
