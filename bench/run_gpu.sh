@@ -7,7 +7,7 @@
 # Logs go to $LOGS (default /tmp/gpu_logs), only the JSON results to $OUT.
 # On a CUDA machine without a package registry: `bash bench/gpu_prep.sh` here first fills .gpu_wheels/ (hydra,
 # omegaconf, gguf), .gpu_runs/ (tiny SFT/RM models for the online comparison) and .gpu_model/ (SmolLM2's GGUF
-# in two halves, carried by two calls); this script installs them (see docs/benchmarks.md, "GPU runs").
+# in two parts, carried by two calls); this script installs them (see docs/benchmarks.md, "GPU runs").
 set -u
 BUDGET=${1:-540}
 PIECES=${2:-all}
