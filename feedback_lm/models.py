@@ -64,6 +64,9 @@ TINY_PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
+# The attention kernels ``model.attention`` may name (Hugging Face's ``attn_implementation``).
+ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
 # ByT5's tokenizer: 256 byte ids shifted by 3 specials (pad=0, eos=1, unk=2) plus 125 sentinel ids.
 BYTE_VOCAB_SIZE = 384
 
@@ -113,6 +116,11 @@ class ModelConfig:
             ``~/.cache/feedback_lm``.
         chat_template: wrap every prompt as one user turn of the tokenizer's chat template (with the
             assistant header after it) before tokenizing; False feeds prompts raw.
+        attention: the attention kernel (Hugging Face's ``attn_implementation``): ``eager``, ``sdpa``,
+            ``flash_attention_2``, ...; None = the library's default (``sdpa``). ``tiny-gpt2`` sets
+            ``eager``: at its size a training step on the CPU is faster than with ``sdpa``; ``tiny-t5``
+            keeps ``sdpa``, whose math kernel makes PPO's log-probs bit-identical with and without
+            gradients under bf16 (docs/speed.md).
     """
 
     name: str = "custom"
@@ -130,6 +138,7 @@ class ModelConfig:
     gguf_package: str | None = None
     cache_dir: str | None = None
     chat_template: bool = False
+    attention: str | None = None
 
     @classmethod
     def coerce(cls, value: ModelConfig | Mapping[str, Any]) -> ModelConfig:
@@ -166,6 +175,9 @@ class ModelConfig:
 
         if self.dtype not in DTYPES:
             raise UserError(f"model.dtype={self.dtype!r} is not a dtype; choose one of {list(DTYPES)}")
+        if self.attention is not None and self.attention not in ATTENTION:
+            raise UserError(f"model.attention={self.attention!r} is not an attention kernel; choose one of "
+                            f"{list(ATTENTION)} (or null: the default)")
         check_args("model", max_length=(self.max_length, ">= 1"), dropout=(self.dropout, "[0, 1)"))
         check_args("model.lora", r=(self.lora.r, ">= 0"), dropout=(self.lora.dropout, "[0, 1)"))
         for key, value in self.overrides.items():
@@ -376,7 +388,7 @@ def load_model(cfg: ModelConfig, tokenizer) -> nn.Module:
     if cfg.preset is not None:
         hf_config = build_hf_config(cfg, tokenizer)
         cls = AutoModelForSeq2SeqLM if hf_config.is_encoder_decoder else AutoModelForCausalLM
-        model = cls.from_config(hf_config)
+        model = cls.from_config(hf_config, **({"attn_implementation": cfg.attention} if cfg.attention else {}))
     else:
         source = pretrained_source(cfg)
         base = lora_base(source) or source
@@ -388,7 +400,8 @@ def load_model(cfg: ModelConfig, tokenizer) -> nn.Module:
         cls = AutoModelForSeq2SeqLM if hf_config.is_encoder_decoder else AutoModelForCausalLM
         dtype = getattr(torch, cfg.dtype)
         try:
-            model = cls.from_pretrained(base, config=hf_config, dtype=dtype)
+            kernel = {"attn_implementation": cfg.attention} if cfg.attention else {}
+            model = cls.from_pretrained(base, config=hf_config, dtype=dtype, **kernel)
         except SafetensorError as e:  # a truncated or corrupt weights file
             raise UserError(f"the weights in {base} (model.name_or_path) are corrupt: {e}. Save the "
                             f"model again (or download it again) into that directory") from None

@@ -12,6 +12,9 @@
 - :func:`optimizer_step`: several optimizer steps inside ONE Lightning training step, so that one
   training step is one iteration (``trainer.max_steps``, checkpoints every N steps and LR schedules
   count iterations, not minibatches).
+- :class:`OnlinePolicyModule`: the frame every sampling plugin repeats (policy + frozen reference + rollout
+  buffer, the reward on the right device, one clipped optimizer step, held-out metrics, AdamW,
+  ``save_pretrained``), so that a plugin that subclasses it writes only ``__init__`` and ``training_step``.
 
 Shapes: ``B`` prompts, ``k`` samples per prompt, ``N = B·k`` rows (prompt-major: rows ``i·k .. i·k+k-1``
 belong to prompt ``i``), ``P`` prompt and ``R`` response length.
@@ -22,14 +25,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import lightning as L
 import torch
 
 from feedback_lm import ops
 from feedback_lm.errors import UserError
 from feedback_lm.evaluation import exact_match
+from feedback_lm.optim import build_adamw
 from feedback_lm.policy import Policy
-from feedback_lm.reference import reference_logprobs
-from feedback_lm.rollout import Rollout
+from feedback_lm.reference import frozen_reference, reference_logprobs, save_policy
+from feedback_lm.rollout import Rollout, RolloutBuffer
 
 
 def require_reward(reward: Callable | None, algo: str) -> Callable:
@@ -170,3 +175,57 @@ def optimizer_step(module: Any, optimizer: Any, last: bool) -> None:
         optimizer.step()
     else:
         module.trainer.strategy.optimizer_step(optimizer.optimizer, closure=lambda: None, model=module)
+
+
+class OnlinePolicyModule(L.LightningModule):
+    """The frame of a plugin that samples from one policy and updates it (RLOO, GRPO; yours).
+
+    The subclass's ``__init__`` sets ``self.model_config`` (a :class:`~feedback_lm.models.ModelConfig`) and
+    ``self.reward_fn`` (:func:`require_reward`), saves its hyperparameters with
+    ``save_hyperparameters(ignore=["reward"])`` and sets ``automatic_optimization = False``; it must have the
+    hyperparameters ``lr``, ``weight_decay``, ``max_grad_norm``, ``temperature``, ``eval_max_new_tokens``,
+    ``eval_sampled`` and ``fast_generation``. Then it writes ``training_step`` (collect -> score -> buffer ->
+    update, calling :meth:`update` once per minibatch). This class gives it:
+
+    - ``configure_model``: ``self.policy``, ``self.ref`` (the frozen initial policy; None under LoRA, where
+      the reference is the same weights with the adapters off) and ``self.buffer`` (a rollout buffer);
+    - ``on_fit_start``: the reward (a reward model, say) moved to the module's device;
+    - :meth:`update`: zero grad, backward, gradient clipping, and an optimizer step that counts one
+      Lightning step per iteration (:func:`optimizer_step`);
+    - ``validation_step``: :func:`validate` (greedy, and one sample per prompt when ``eval_sampled``);
+    - ``configure_optimizers``: AdamW; ``save_pretrained``: the policy in Hugging Face format (LoRA merged).
+    """
+
+    DATA_KIND = "tasks"
+
+    def configure_model(self) -> None:
+        if hasattr(self, "policy"):
+            return
+        self.policy = Policy.from_config(self.model_config)
+        self.ref = frozen_reference(self.policy)  # the initial policy; None under LoRA (adapters off)
+        self.buffer = RolloutBuffer(pad_token_id=self.policy.pad_token_id, seed=0)
+
+    def on_fit_start(self) -> None:
+        if hasattr(self.reward_fn, "to"):
+            self.reward_fn.to(self.device)
+
+    def update(self, optimizer: Any, loss: torch.Tensor, last: bool) -> None:
+        """One optimizer step on ``loss``; ``last``: the iteration's last one (advances ``global_step``)."""
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        if self.hparams.max_grad_norm:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.max_grad_norm,
+                                gradient_clip_algorithm="norm")
+        optimizer_step(self, optimizer, last)
+
+    def validation_step(self, batch: dict[str, list[str]], batch_idx: int) -> None:
+        hp = self.hparams
+        validate(self, self.policy, self.reward_fn, batch, batch_idx, hp.eval_max_new_tokens,
+                 hp.temperature if hp.eval_sampled else None, fast=hp.fast_generation)
+
+    def configure_optimizers(self):
+        return build_adamw(self.parameters(), self.hparams.lr, self.hparams.weight_decay)
+
+    def save_pretrained(self, directory: str) -> None:
+        """The trained policy in Hugging Face format (LoRA adapters merged)."""
+        save_policy(self.policy, directory)

@@ -32,7 +32,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import lightning as L
 import torch
 
 from feedback_lm import ops
@@ -40,11 +39,7 @@ from feedback_lm.checks import check_args
 from feedback_lm.errors import UserError
 from feedback_lm.evaluation import exact_match
 from feedback_lm.models import ModelConfig
-from feedback_lm.online import optimizer_step, require_reward, sample_and_score, task_batch, validate
-from feedback_lm.optim import build_adamw
-from feedback_lm.policy import Policy
-from feedback_lm.reference import frozen_reference, save_policy
-from feedback_lm.rollout import RolloutBuffer
+from feedback_lm.online import OnlinePolicyModule, require_reward, sample_and_score, task_batch
 
 SCALE_REWARDS = ("group", "none")
 AGGREGATES = ("sequence_mean", "token_mean", "constant")
@@ -109,7 +104,7 @@ def aggregate_loss(losses: torch.Tensor, mask: torch.Tensor, how: str = "sequenc
 
 
 # ------------------------------------------------------------------------------------------ module
-class GRPO(L.LightningModule):
+class GRPO(OnlinePolicyModule):
     """GRPO on prompt/target data (``data=<task>``: batches are ``{"prompt": [...], "target": [...]}``).
 
     Args:
@@ -148,17 +143,6 @@ class GRPO(L.LightningModule):
         self.hparams.policy = self.model_config.to_dict()
         self.automatic_optimization = False
 
-    def configure_model(self) -> None:
-        if hasattr(self, "policy"):
-            return
-        self.policy = Policy.from_config(self.model_config)
-        self.ref = frozen_reference(self.policy)  # the initial policy; None under LoRA (adapters off)
-        self.buffer = RolloutBuffer(pad_token_id=self.policy.pad_token_id, seed=0)
-
-    def on_fit_start(self) -> None:
-        if hasattr(self.reward_fn, "to"):
-            self.reward_fn.to(self.device)
-
     def training_step(self, batch: dict[str, list[str]], batch_idx: int) -> None:
         hp = self.hparams
         prompts, targets = task_batch(batch, "grpo")
@@ -181,11 +165,7 @@ class GRPO(L.LightningModule):
             token_losses, kl, clipped = grpo_token_losses(lp, mb.logprobs, mb.advantages,
                                                           mb.ref_logprobs if hp.beta > 0 else None, hp.clip, hp.beta)
             loss = aggregate_loss(token_losses, mb.response_mask, hp.aggregate, hp.max_new_tokens)
-            opt.zero_grad()
-            self.manual_backward(loss)
-            if hp.max_grad_norm:
-                self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
-            optimizer_step(self, opt, last=j == len(minibatches) - 1)  # one Lightning step = one iteration
+            self.update(opt, loss, last=j == len(minibatches) - 1)  # one Lightning step = one iteration
             stats["loss"].append(loss.detach())
             stats["kl"].append(ops.masked_mean(kl.detach(), mb.response_mask))
             stats["clipfrac"].append(ops.masked_mean(clipped.float(), mb.response_mask))
@@ -198,15 +178,3 @@ class GRPO(L.LightningModule):
         flat = (groups.max(-1).values == groups.min(-1).values).float().mean()
         self.log_dict({"grpo/kl": mean["kl"], "grpo/clipfrac": mean["clipfrac"], "grpo/zero_std_groups": flat},
                       batch_size=n)
-
-    def validation_step(self, batch: dict[str, list[str]], batch_idx: int) -> None:
-        hp = self.hparams
-        validate(self, self.policy, self.reward_fn, batch, batch_idx, hp.eval_max_new_tokens,
-                 hp.temperature if hp.eval_sampled else None, fast=hp.fast_generation)
-
-    def configure_optimizers(self):
-        return build_adamw(self.parameters(), self.hparams.lr, self.hparams.weight_decay)
-
-    def save_pretrained(self, directory: str) -> None:
-        """The trained policy in Hugging Face format (LoRA adapters merged)."""
-        save_policy(self.policy, directory)

@@ -25,7 +25,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import lightning as L
 import torch
 
 from feedback_lm import ops
@@ -33,11 +32,7 @@ from feedback_lm.checks import check_args
 from feedback_lm.errors import UserError
 from feedback_lm.evaluation import exact_match
 from feedback_lm.models import ModelConfig
-from feedback_lm.online import optimizer_step, require_reward, sample_and_score, task_batch, validate
-from feedback_lm.optim import build_adamw
-from feedback_lm.policy import Policy
-from feedback_lm.reference import frozen_reference, save_policy
-from feedback_lm.rollout import RolloutBuffer
+from feedback_lm.online import OnlinePolicyModule, require_reward, sample_and_score, task_batch
 
 
 # ------------------------------------------------------------------------------------ pure functions
@@ -84,7 +79,7 @@ def rloo_loss(seq_logprobs: torch.Tensor, advantages: torch.Tensor, old_seq_logp
 
 
 # ------------------------------------------------------------------------------------------ module
-class RLOO(L.LightningModule):
+class RLOO(OnlinePolicyModule):
     """RLOO on prompt/target data (``data=<task>``: batches are ``{"prompt": [...], "target": [...]}``).
 
     Args:
@@ -118,17 +113,6 @@ class RLOO(L.LightningModule):
         self.hparams.policy = self.model_config.to_dict()
         self.automatic_optimization = False
 
-    def configure_model(self) -> None:
-        if hasattr(self, "policy"):
-            return
-        self.policy = Policy.from_config(self.model_config)
-        self.ref = frozen_reference(self.policy)  # the initial policy; None under LoRA (adapters off)
-        self.buffer = RolloutBuffer(pad_token_id=self.policy.pad_token_id, seed=0)
-
-    def on_fit_start(self) -> None:
-        if hasattr(self.reward_fn, "to"):
-            self.reward_fn.to(self.device)
-
     def training_step(self, batch: dict[str, list[str]], batch_idx: int) -> None:
         hp = self.hparams
         prompts, targets = task_batch(batch, "rloo")
@@ -151,11 +135,7 @@ class RLOO(L.LightningModule):
                                       hp.temperature)
             old = ops.seq_logprob(mb.logprobs, mb.response_mask) if hp.ppo_epochs > 1 else None
             loss = rloo_loss(ops.seq_logprob(lp, mb.response_mask), mb.advantages, old, hp.clip)
-            opt.zero_grad()
-            self.manual_backward(loss)
-            if hp.max_grad_norm:
-                self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
-            optimizer_step(self, opt, last=j == len(minibatches) - 1)  # one Lightning step = one iteration
+            self.update(opt, loss, last=j == len(minibatches) - 1)  # one Lightning step = one iteration
             losses.append(loss.detach())
         n = len(ro)
         self.log("train/loss", torch.stack(losses).mean(), prog_bar=True, batch_size=n)
@@ -164,15 +144,3 @@ class RLOO(L.LightningModule):
             self.log("rollout/accuracy", exact_match(ro.response, ro.target).mean(), batch_size=n)
         self.log_dict({"rloo/kl": kl.mean(), "rloo/advantage_std": ro.advantages.std(),
                        "rloo/lr": torch.tensor(opt.optimizer.param_groups[0]["lr"])}, batch_size=n)
-
-    def validation_step(self, batch: dict[str, list[str]], batch_idx: int) -> None:
-        hp = self.hparams
-        validate(self, self.policy, self.reward_fn, batch, batch_idx, hp.eval_max_new_tokens,
-                 hp.temperature if hp.eval_sampled else None, fast=hp.fast_generation)
-
-    def configure_optimizers(self):
-        return build_adamw(self.parameters(), self.hparams.lr, self.hparams.weight_decay)
-
-    def save_pretrained(self, directory: str) -> None:
-        """The trained policy in Hugging Face format (LoRA adapters merged)."""
-        save_policy(self.policy, directory)
