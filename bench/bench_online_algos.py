@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -39,7 +40,7 @@ ARMS = {
     "ppo": ["algo=ppo", *ONLINE, "algo.schedule=constant", "algo.minibatch_size=16"],
     "rloo": ["algo=rloo", *ONLINE, "algo.k=4"],
     "grpo": ["algo=grpo", *ONLINE, "algo.group_size=4"],
-    "dpo": ["algo=dpo", "data=comparisons", "algo.lr=1e-4", "algo.warmup_steps=10", "data.batch_size=16"],
+    "dpo": ["algo=dpo", "data=comparisons", "algo.lr=2e-5", "algo.warmup_steps=10", "data.batch_size=16"],
     "rm_ppo": ["algo=ppo", "algo.lr=2e-5", "algo.schedule=constant", "algo.minibatch_size=16", "reward=model",
                "reward.path={rm}", "data.batch_size=64"],
 }
@@ -84,24 +85,41 @@ def run_one(arm: str, family: str, seed: int, args, out_root: Path) -> dict:
     return out
 
 
+# Evaluations run one at a time (--parallel runs train side by side): Hydra's compose API and torch's global RNG
+# (the seeded samples) are process-wide state.
+_EVAL = threading.Lock()
+
+
+def held_out(family: str, args) -> tuple[dict, list[str], list[str]]:
+    """The family's model config and the default task's held-out prompts and targets."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from feedback_lm.testing import compose
+
+    cfg = compose([f"model={family}", f"data.num_val={args.num_val}"])
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.setup("fit")
+    return (OmegaConf.to_container(cfg.model, resolve=True), [r["prompt"] for r in dm.val_rows],
+            [r["target"] for r in dm.val_rows])
+
+
 def evaluate(model_dir: Path, family: str, args) -> dict:
     """Greedy and sampled exact match on the held-out prompts, and the KL to the SFT model (when given)."""
+    with _EVAL:
+        return _evaluate(model_dir, family, args)
+
+
+def _evaluate(model_dir: Path, family: str, args) -> dict:
     import sys
 
     import torch
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     sys.path.insert(0, str(ROOT))
     from feedback_lm.evaluation import exact_match
     from feedback_lm.policy import Policy
-    from feedback_lm.testing import compose
 
-    cfg = compose([f"model={family}", f"data.num_val={args.num_val}"])
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    dm = instantiate(cfg.data, _convert_="all")
-    dm.setup("fit")
-    prompts, targets = [r["prompt"] for r in dm.val_rows], [r["target"] for r in dm.val_rows]
+    model_cfg, prompts, targets = held_out(family, args)
     device = "cuda" if torch.cuda.is_available() and args.trainer == "gpu" else "cpu"
     policy = Policy.from_config({**model_cfg, "preset": None, "name_or_path": str(model_dir)}).to(device).eval()
     sft = args.sft_dirs.get(family)
