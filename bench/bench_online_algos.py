@@ -157,6 +157,35 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
+ARM_NAMES = {"start": "SFT model (the start)", "ppo": "PPO, verifier", "rloo": "RLOO (k=4), verifier",
+             "grpo": "GRPO (G=4), verifier", "dpo": "DPO on the simulated labels",
+             "rm_ppo": "PPO, reward model on the same labels"}
+
+
+def table(result: dict) -> str:
+    """The markdown table: mean ± standard error over seeds, per family and arm, the start first."""
+    def cell(row, key, pct=False, digits=2):
+        if key not in row:
+            return "-"
+        m, se = row[key]
+        scale = 100 if pct else 1
+        text = f"{scale * m:.1f}" if pct else f"{m:.{digits}f}"
+        return text + (f" ± {scale * se:.{1 if pct else digits}f}" if se is not None else "") + (" %" if pct else "")
+
+    lines = ["| family | arm | iterations in the budget | s / iteration | greedy exact match | sampled exact match "
+             "| KL to the SFT model (nats) |", "|---|---|---|---|---|---|---|"]
+    for family, start in result.get("start", {}).items():
+        lines.append(f"| {family} | {ARM_NAMES['start']} | - | - | {100 * start['greedy_em']:.1f} % "
+                     f"| {100 * start['sampled_em']:.1f} % | 0 |")
+        for key, row in result["summary"].items():
+            arm, fam = key.split("/")
+            if fam == family:
+                lines.append(f"| | {ARM_NAMES.get(arm, arm)} | {cell(row, 'iterations', digits=0)} "
+                             f"| {cell(row, 'seconds_per_iteration')} | {cell(row, 'greedy_em', pct=True)} "
+                             f"| {cell(row, 'sampled_em', pct=True)} | {cell(row, 'kl')} |")
+    return "\n".join(lines)
+
+
 def main() -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sft", default="", help="family=<SFT model dir>,... (the start of every arm)")
@@ -174,6 +203,8 @@ def main() -> dict:
     p.add_argument("--smoke", action="store_true", help="untrained presets, tiny data, a few seconds per run")
     p.add_argument("--out", default="outputs/bench_online_algos")
     p.add_argument("--json", default=None)
+    p.add_argument("--table-from", default=None, help="a result JSON of this script: evaluate the start models "
+                   "(--sft) if it lacks them, print its table and write both back")
     args = p.parse_args()
     if args.smoke:
         args.minutes, args.num_val, args.seeds = min(args.minutes, 0.25), 8, "0"
@@ -184,11 +215,20 @@ def main() -> dict:
     # seed-major, arms interleaved: a change in the machine's load over the hours falls on every arm alike
     jobs = [(arm, fam, int(seed), args, Path(args.out)) for seed in args.seeds.split(",")
             for fam in args.families.split(",") for arm in arms]
+    if args.table_from:
+        result = json.loads(Path(args.table_from).read_text())
+        result.setdefault("start", {f: evaluate(Path(d), f, args) for f, d in args.sft_dirs.items()})
+        result["table"] = table(result)
+        Path(args.table_from).write_text(json.dumps(result, indent=1))
+        print(result["table"])
+        return result
     started = time.perf_counter()
     runs = run_jobs(run_one, jobs, args.parallel)
     result = {"args": {k: v for k, v in vars(args).items() if k != "trainer_overrides"}, "runs": runs,
-              "summary": summarise(runs)}
-    print(json.dumps(result["summary"], indent=1))
+              "summary": summarise(runs),
+              "start": {f: evaluate(Path(d), f, args) for f, d in args.sft_dirs.items()}}  # the SFT models as given
+    result["table"] = table(result)
+    print(result["table"])
     return finish(result, started, args.json, None, lambda runs, path: None)
 
 
