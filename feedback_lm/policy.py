@@ -33,12 +33,13 @@ class PolicyOutput:
     """Output of :meth:`Policy.forward`.
 
     Attributes:
-        logits: ``[B,R,V]``; ``logits[:, t]`` predicts ``response_ids[:, t]``.
+        logits: ``[B,R,V]``; ``logits[:, t]`` predicts ``response_ids[:, t]``; None when the caller asked
+            for hidden states only (a decoder-only model then skips the LM head).
         hidden: ``[B,R,d]`` state before emitting ``y_t`` (value heads, docs/algorithms.md §0.3), or None.
         last_hidden: ``[B,d]`` state at the last real response token (reward heads, docs/algorithms.md §2.0), or None.
     """
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     hidden: torch.Tensor | None = None
     last_hidden: torch.Tensor | None = None
 
@@ -174,14 +175,18 @@ class Policy(nn.Module):
         return torch.cat([first, response_ids[:, :-1]], dim=1)
 
     def forward(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
-                response_mask: torch.Tensor, output_hidden: bool = False) -> PolicyOutput:
+                response_mask: torch.Tensor, output_hidden: bool = False, hidden_only: bool = False) -> PolicyOutput:
         """Logits (and hidden states) aligned with the response tokens.
 
         Args:
             prompt_ids: ``[B,P]`` left-padded. prompt_mask: ``[B,P]`` bool.
             response_ids: ``[B,R]`` right-padded. response_mask: ``[B,R]`` bool.
             output_hidden: also return ``hidden [B,R,d]`` and ``last_hidden [B,d]``.
+            hidden_only: the hidden states without the logits (reward and value heads): a decoder-only
+                model computes its LM head at one position instead of ``R + 1`` (``V`` = 49,152 columns on
+                SmolLM2); ``logits`` is then None.
         """
+        output_hidden = output_hidden or hidden_only
         R = response_ids.shape[1]
         last = ops.last_index(response_mask)  # [B]
         if self.is_encoder_decoder:
@@ -189,7 +194,7 @@ class Policy(nn.Module):
                 out = self.model(input_ids=prompt_ids, attention_mask=prompt_mask.long(),
                                  decoder_input_ids=self.decoder_input_ids(response_ids),
                                  output_hidden_states=output_hidden, use_cache=False)
-            logits = out.logits
+            logits = None if hidden_only else out.logits
             if not output_hidden:
                 return PolicyOutput(logits)
             hidden = out.decoder_hidden_states[-1]
@@ -201,10 +206,10 @@ class Policy(nn.Module):
         input_ids = torch.cat([prompt_ids, response_ids], dim=1)
         attention = torch.cat([prompt_mask, response_mask], dim=1).long()
         position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # docs/algorithms.md §0.3: left padding
-        kwargs = {"logits_to_keep": R + 1} if self._forward_accepts_logits_to_keep else {}
+        kwargs = {"logits_to_keep": 1 if hidden_only else R + 1} if self._forward_accepts_logits_to_keep else {}
         out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
                          output_hidden_states=output_hidden, use_cache=False, **kwargs)
-        logits = out.logits[:, -(R + 1):-1]  # position P-1+t predicts y_t
+        logits = None if hidden_only else out.logits[:, -(R + 1):-1]  # position P-1+t predicts y_t
         if not output_hidden:
             return PolicyOutput(logits)
         full = out.hidden_states[-1]

@@ -145,7 +145,7 @@ def raw_rewards(policy: Policy, head: ScalarHead, prompts: Sequence[str], respon
     (``mean``; the state at t has read ``y_<t``), before gain/bias: ``[N]`` fp32."""
     device = next(head.parameters()).device
     enc = policy.encode_batch(prompts, responses, device)
-    out = policy(**enc, output_hidden=True)
+    out = policy(**enc, hidden_only=True)  # no LM head: a reward head reads hidden states only
     if pooling == "last":
         return head(out.last_hidden)
     mask = enc["response_mask"].float()

@@ -340,7 +340,7 @@ class PPO(L.LightningModule):
             values = self.value_head(out.hidden)
         else:
             values = self.value_head(self.value_net(prompt_ids, prompt_mask, response_ids, response_mask,
-                                                    output_hidden=True).hidden)
+                                                    hidden_only=True).hidden)
         entropy = None
         if with_entropy:
             with torch.no_grad():

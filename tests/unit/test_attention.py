@@ -1,4 +1,5 @@
-"""``model.attention`` picks Hugging Face's attention kernel; the kernels compute the same log-probs."""
+"""``model.attention`` picks the attention kernel; the kernels compute the same log-probs. ``hidden_only``
+skips the LM head and leaves the hidden states as they are."""
 
 from __future__ import annotations
 
@@ -41,3 +42,15 @@ def test_presets_pick_their_kernel():
 def test_an_unknown_kernel_is_one_clear_error():
     with pytest.raises(UserError, match=r"model.attention='fast' is not an attention kernel; choose one of"):
         ModelConfig.coerce({"preset": "tiny-t5", "attention": "fast"})
+
+
+@pytest.mark.parametrize("preset", ["tiny-gpt2", "tiny-t5"])
+def test_hidden_only_gives_the_same_hidden_states_without_logits(preset):
+    torch.manual_seed(0)
+    policy = Policy.from_config({"preset": preset, "tokenizer": "byte", "dropout": 0.0}).eval()
+    enc = policy.encode_batch(PROMPTS, RESPONSES)
+    with torch.no_grad():
+        full = policy(**enc, output_hidden=True)
+        only = policy(**enc, hidden_only=True)
+    assert only.logits is None and full.logits is not None
+    assert torch.equal(only.hidden, full.hidden) and torch.equal(only.last_hidden, full.last_hidden)
