@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
+from lightning.pytorch.callbacks import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -83,8 +84,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = _instantiate(cfg.data, "data")
     module = _instantiate(cfg.algo, "algo")
     loggers = [_instantiate(c, f"logger.{name}") for name, c in (cfg.logger or {}).items()]
+    last_validation = LastValidation()
     trainer = _instantiate(cfg.trainer, "trainer", logger=loggers or False,
-                           callbacks=_callbacks(cfg, run_dir), plugins=[AtomicCheckpointIO()],
+                           callbacks=[*_callbacks(cfg, run_dir), last_validation], plugins=[AtomicCheckpointIO()],
                            default_root_dir=str(run_dir))
     if resume_step is not None and trainer.is_global_zero:
         restore_csv_history(trainer.loggers, resume_step)  # resuming in the same run_dir keeps the history
@@ -107,7 +109,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics.update(getattr(datamodule, "data_report", {}))  # rows used, capped or skipped
     metrics.update({k: v for k, v in _scalars(trainer.callback_metrics).items() if not k.startswith("val/")})
     if cfg.eval_after and has_val:
-        metrics.update(_validate(trainer, module, datamodule))
+        # the in-training validation at the very last step already is the after evaluation: do not redo it
+        metrics.update(last_validation.at(trainer.global_step) or _validate(trainer, module, datamodule))
 
     if trainer.is_global_zero:
         write_json_atomic(run_dir / "metrics.json", metrics)
@@ -161,6 +164,25 @@ def _callbacks(cfg: DictConfig, run_dir: Path) -> list:
         # what Lightning does not checkpoint: the metrics.csv step to resume at, the random states
         ResumeState(),
     ]
+
+
+class LastValidation(Callback):
+    """Keeps the metrics of the latest validation run during ``fit`` and the step it ran at, so that the
+    after-training evaluation is not repeated when training ended right after a validation (the default
+    whenever ``trainer.max_steps`` is a multiple of ``trainer.val_check_interval``)."""
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+        self.metrics: dict[str, float] = {}
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self.step = trainer.global_step
+            self.metrics = {k: v for k, v in _scalars(trainer.callback_metrics).items() if k.startswith("val/")}
+
+    def at(self, step: int) -> dict[str, float]:
+        """The validation metrics taken at ``step`` during fit, or ``{}``."""
+        return dict(self.metrics) if self.step == step and self.metrics else {}
 
 
 def _has_validation(module) -> bool:
