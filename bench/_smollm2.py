@@ -21,11 +21,20 @@ def add_size_args(p: argparse.ArgumentParser, work: str) -> None:
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the plumbing, numbers mean nothing")
     p.add_argument("--work", default=work, help="run directories and logs")
     p.add_argument("--json", default=None, help="write the result here")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=INT",
+                   help="replace one number of the chosen size (e.g. --set steps=40); the names are the script's")
 
 
-def size(args, cpu, gpu, smoke):
-    """The value of this run's size."""
-    return smoke if args.smoke else gpu if args.trainer == "gpu" else cpu
+def size(args, cpu, gpu, smoke, names=None):
+    """The value of this run's size; with ``names`` (one per number), ``--set NAME=INT`` replaces numbers."""
+    chosen = smoke if args.smoke else gpu if args.trainer == "gpu" else cpu
+    if not names:
+        return chosen
+    given = dict(item.split("=", 1) for item in getattr(args, "set", []))
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise SystemExit(f"--set {unknown}: this script's sizes are {list(names)}")
+    return tuple(int(given[n]) if n in given else v for n, v in zip(names, chosen))
 
 
 def seeds(args) -> list[int]:

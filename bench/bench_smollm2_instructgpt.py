@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     work = Path(args.work).resolve()
     sft_steps, n_train, n_val, rm_steps, iterations, batch = size(
-        args, cpu=(60, 300, 60, 150, 20, 8), gpu=(300, 2000, 400, 500, 40, 32), smoke=(2, 4, 4, 2, 2, 2))
+        args, cpu=(60, 300, 60, 150, 20, 8), gpu=(300, 2000, 400, 500, 40, 32), smoke=(2, 4, 4, 2, 2, 2),
+        names=("sft_steps", "n_train", "n_val", "rm_steps", "iterations", "batch"))
     started = time.perf_counter()
     sft = stage("sft", [*MODEL, f"trainer.max_steps={sft_steps}", f"trainer.val_check_interval={sft_steps}", *QUIET,
                         *trainer_overrides(args)], work)

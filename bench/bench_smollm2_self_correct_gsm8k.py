@@ -54,7 +54,7 @@ SMOLLM2 = {"name": "smollm2-135m", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf
 
 def run_seed(seed: int, args) -> dict:
     steps, batch, n_eval, new_tokens = size(args, cpu=(150, 4, 100, 160), gpu=(600, 16, 400, 256),
-                                            smoke=(2, 2, 4, 16))
+                                            smoke=(2, 2, 4, 16), names=("steps", "batch", "n_eval", "new_tokens"))
     device = "cuda" if args.trainer == "gpu" else "cpu"
     torch.manual_seed(seed)
     value = FinalAnswerValue()
