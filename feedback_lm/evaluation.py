@@ -8,6 +8,7 @@ the same units; KL and perplexity work on the models' own tokens and need a shar
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections.abc import Callable, Sequence
 
@@ -22,6 +23,40 @@ def exact_match(outputs: Sequence[str], targets: Sequence[str],
                 match: Callable[[str, str], bool] = is_correct) -> torch.Tensor:
     """Normalised exact match per sample (the task verifiers' normalisation), as a float tensor ``[B]`` of 0/1."""
     return torch.tensor([float(match(o, t)) for o, t in zip(outputs, targets)])
+
+
+_OPTION = re.compile(r"\(([A-Za-z])\)")
+_NUMBER = re.compile(r"-?\d+")
+_WORD_NUMBERS = {w: str(i) for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())}
+
+
+def extract_answer(output: str, target: str) -> str:
+    """The answer a free-form output gives, in the target's form, for models that answer in sentences
+    ("The correct answer is (C).", "There are 7 fruits."): for an option target ``(X)`` the first ``(X)``
+    in the output; for an integer target the first integer (or number word up to twenty); otherwise the
+    output as it is. Lenient by design: it reads the FIRST candidate, so an output that lists several is
+    scored on the first."""
+    t = target.strip()
+    if _OPTION.fullmatch(t):
+        m = _OPTION.search(output)
+        return f"({m.group(1).upper()})" if m else output
+    if _NUMBER.fullmatch(t):
+        words = re.findall(r"-?\d+|[A-Za-z]+", output)
+        for w in words:
+            if _NUMBER.fullmatch(w):
+                return w
+            if w.lower() in _WORD_NUMBERS:
+                return _WORD_NUMBERS[w.lower()]
+        return output
+    return output
+
+
+def answer_match(outputs: Sequence[str], targets: Sequence[str]) -> torch.Tensor:
+    """Exact match after :func:`extract_answer`: ``[B]`` of 0/1. Next to :func:`exact_match` it separates
+    "knows the answer" from "answers in the expected format" (an instruct model as it comes)."""
+    return exact_match([extract_answer(o, t) for o, t in zip(outputs, targets)], targets)
 
 
 @torch.no_grad()

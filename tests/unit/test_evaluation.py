@@ -182,3 +182,18 @@ def test_text_metrics_per_task_breakdown_and_prompt_set_from_jsonl(tmp_path):
     assert m["length"]["value"] == pytest.approx((2 + 2 + 1 + 2) / 4)
     # copied unigrams: a, b (of 2) | d, c (of 2) | none (5) | hi, not there (of 2): 5 of 7
     assert m["copy"]["value"] == pytest.approx(5 / 7)
+
+
+def test_answer_match_reads_the_answer_out_of_a_sentence():
+    from feedback_lm.evaluation import answer_match, extract_answer
+
+    assert extract_answer("The correct answer is (C). The yellow book", "(C)") == "(C)"
+    assert extract_answer("A: the answer is (b)", "(B)") == "(B)"
+    assert extract_answer("There are 7 fruits.", "7") == "7"
+    assert extract_answer("I have twelve vegetables", "12") == "12"
+    assert extract_answer("apple banana", "apple banana") == "apple banana"
+    outputs = ["The correct answer is (C).", "(A) or (C)", "", "There are 3 pigs", "3"]
+    targets = ["(C)", "(C)", "(B)", "4", "3"]
+    assert answer_match(outputs, targets).tolist() == [1.0, 0.0, 0.0, 0.0, 1.0]
+    from feedback_lm.evaluation import exact_match
+    assert exact_match(outputs, targets).tolist() == [0.0, 0.0, 0.0, 0.0, 1.0]
