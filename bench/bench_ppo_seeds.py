@@ -51,8 +51,12 @@ def run_one(arm: str, seed: int, args, out_root: Path) -> dict:
                  f"checkpoint_every_n_steps={args.iterations}",
                  f"save_model={str(args.evaluate).lower()}",
                  *[o.format(rm=args.rm) for o in ARMS[arm]], *args.trainer_overrides]
-    run = run_train(overrides, run_dir, args.threads, args.run_timeout)
-    print(f"{arm} seed {seed}: rc={run['rc']} in {run['wall_seconds']:.0f}s", flush=True)
+    if args.reuse and (run_dir / "metrics.json").is_file():  # finished earlier: read back, not rerun
+        run = {"rc": 0, "wall_seconds": None, "command": "reused " + str(run_dir)}
+        print(f"{arm} seed {seed}: reused {run_dir}", flush=True)
+    else:
+        run = run_train(overrides, run_dir, args.threads, args.run_timeout)
+        print(f"{arm} seed {seed}: rc={run['rc']} in {run['wall_seconds']:.0f}s", flush=True)
     return {"arm": arm, "seed": seed, **run, "curves": read_curves(run_dir / "metrics.csv", CURVES, args.iterations)}
 
 
@@ -166,6 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
                    "summarised as far as it got")
     p.add_argument("--trainer", default="cpu", choices=("cpu", "gpu"))
     p.add_argument("--work", default="/tmp/bench_ppo_seeds")
+    p.add_argument("--reuse", action="store_true", help="read back runs of --work that finished (their "
+                   "metrics.json exists) instead of running them again")
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None)
     p.add_argument("--evaluate", action="store_true", help="save every run's model and evaluate them with "

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     work = Path(args.work).resolve()
     sft_steps, n_train, n_val, rm_steps, iterations, batch = size(
-        args, cpu=(60, 300, 60, 150, 20, 8), gpu=(300, 2000, 400, 500, 40, 32), smoke=(2, 4, 4, 2, 2, 2),
+        args, cpu=(60, 120, 40, 60, 8, 8), gpu=(300, 2000, 400, 500, 40, 32), smoke=(2, 4, 4, 2, 2, 2),
         names=("sft_steps", "n_train", "n_val", "rm_steps", "iterations", "batch"))
     started = time.perf_counter()
     sft = stage("sft", [*MODEL, f"trainer.max_steps={sft_steps}", f"trainer.val_check_interval={sft_steps}", *QUIET,
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--sft", str(sft / "model"), "--rm", str(rm / "model"), "--arms", args.arms,
         "--seeds", ",".join(map(str, seeds(args))), "--iterations", str(iterations),
         "--val-every", str(max(1, iterations // 4)), "--threads", "2" if args.trainer == "cpu" else "1",
-        "--trainer", args.trainer, "--work", str(work / "ppo"), "--plot", str(work / "ppo.png"),
+        "--trainer", args.trainer, "--work", str(work / "ppo"), "--reuse", "--plot", str(work / "ppo.png"),
         *MODEL, f"data.batch_size={batch}", f"algo.minibatch_size={batch}", "algo.lr=1e-4", "data.num_val=50",
         "algo.eval_max_new_tokens=16", *QUIET])
     return finish({"what": "InstructGPT recipe on SmolLM2-135M-Instruct (bench_smollm2_instructgpt.py)",

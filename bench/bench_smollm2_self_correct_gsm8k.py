@@ -49,7 +49,7 @@ from plugins.self_correct import (
 
 
 def run_seed(seed: int, args) -> dict:
-    steps, batch, n_eval, new_tokens = size(args, cpu=(150, 4, 100, 160), gpu=(600, 16, 400, 256),
+    steps, batch, n_eval, new_tokens = size(args, cpu=(40, 4, 50, 128), gpu=(600, 16, 400, 256),
                                             smoke=(2, 2, 4, 16), names=("steps", "batch", "n_eval", "new_tokens"))
     device = "cuda" if args.trainer == "gpu" else "cpu"
     torch.manual_seed(seed)
