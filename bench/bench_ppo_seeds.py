@@ -115,8 +115,9 @@ def eval_markdown(evaluation: dict) -> str:
 def markdown(summary: dict, iterations: int) -> str:
     def cell(ms, pct=True):
         m, se = ms
-        f = 100.0 if pct else 1.0
-        return f"{f * m:.1f} ± {f * se:.1f}" if pct else f"{m:.3f} ± {se:.3f}"
+        f, digits = (100.0, 1) if pct else (1.0, 3)
+        spread = "" if se != se else f" ± {f * se:.{digits}f}"  # one seed: no standard error (nan)
+        return f"{f * m:.{digits}f}{spread}"
 
     lines = [(f"| arm | seeds | greedy exact match, before -> after {iterations} it. | sampled exact match | "
               "gain (sampled) | sampled score | KL, last 5 it. |"), "|---|---|---|---|---|---|---|"]
