@@ -111,7 +111,7 @@ def ours_overrides(family: str, iterations: int, precision: str = "auto") -> lis
         f"algo.cliprange_value={CLIPRANGE_VALUE}", f"algo.vf_coef={VF_COEF}", "algo.whiten_rewards=true",
         "algo.max_grad_norm=null", "algo.value_model=shared", "algo.temperature=1.0", "algo.top_k=0",
         "algo.top_p=1.0", f"algo.penalty_reward_value={PENALTY}", "algo.truncate_token=null",
-        "algo.truncate_after=0", "algo.ptx_coef=0.0", "algo.ema_decay=null",
+        "algo.truncate_after=0", "algo.ptx_coef=0.0", "algo.ema_decay=null", "algo.reward_normalization=none",
         "trainer=cpu", f"trainer.precision={precision}", f"trainer.max_steps={iterations}", "trainer.val_check_interval=null",
         "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false", "run_dir=/tmp/bench_ppo_unused",
