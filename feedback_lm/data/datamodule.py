@@ -308,7 +308,7 @@ def corrupt_answer(task: str, example: tasks.Example, rng) -> str:
     """A plausible wrong answer to ``example``: another option letter, a nearby number, or the words
     in another order (or one word dropped). Used to make graded comparisons without any model."""
     target = example.target
-    letters = re.findall(r"^\(([A-Z])\)", example.input, flags=re.M)
+    letters = re.findall(r"^\(([A-Z])\)", example.input, flags=re.MULTILINE)
     if re.fullmatch(r"\([A-Z]\)", target) and len(letters) > 1:
         return "(" + rng.choice([x for x in letters if f"({x})" != target]) + ")"
     if target.isdigit():
