@@ -105,6 +105,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--gen-batch", type=int, default=N_PROMPTS)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mixed-precision", default="no", choices=("no", "bf16"),
+                   help="accelerate's mixed precision (bf16: torch.autocast on the CPU)")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -128,6 +130,7 @@ def main() -> None:
         gamma=GAMMA, lam=LAM, cliprange=CLIPRANGE, cliprange_value=CLIPRANGE_VALUE, vf_coef=VF_COEF,
         whiten_rewards=True, max_grad_norm=None, early_stopping=False, kl_penalty="kl", seed=args.seed,
         log_with=None, optimize_device_cache=False,
+        accelerator_kwargs={"mixed_precision": args.mixed_precision, "cpu": True},
     )
     optimizer = torch.optim.Adam(filter(lambda q: q.requires_grad, model.parameters()), lr=LR, eps=ADAM_EPS)
     trainer = PPOTrainer(config=config, model=model, ref_model=None, tokenizer=tok, optimizer=optimizer)

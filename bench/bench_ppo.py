@@ -21,6 +21,7 @@ Workload, the same for both (see bench/README.md for the results):
   ``algo=ppo`` and the overrides in ``ours_overrides``), fitted by the config's ``lightning.Trainer``
   (``trainer=cpu``) with logger, checkpointing, progress bar, model summary and validation off; a
   DataLoader serves the 64 prompts of each iteration. One Lightning step = one PPO iteration.
+* **trl_bf16**: the same under accelerate's ``mixed_precision="bf16"`` (``torch.autocast`` on the CPU).
 * **trl**: ``bench/_trl_ppo.py`` in its own virtualenv ``bench/.venv-trl011`` (created on first use:
   torch 2.13.0 from the local CPU wheel, trl 0.11.4, transformers 4.46.3, rich). Per iteration:
   tokenize the prompts, ``ppo_trainer.generate`` (all 64 in one batch), decode and score, then
@@ -58,7 +59,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # imported from elsewh
 # inside the TRL virtualenv) can take its helpers.
 from bench_sft import MODELS, ROOT, machine_info, run_subprocess, worker_env
 
-METHODS = ("ours", "trl")
+METHODS = ("ours", "trl", "trl_bf16")  # trl_bf16: TRL under accelerate's bf16 autocast
 FAMILIES = {"gpt2": "tiny-gpt2", "t5": "tiny-t5"}
 TRL_VENV = ROOT / "bench" / ".venv-trl011"
 # torch pinned (an unpinned one would pull a CUDA build); transformers 4.46.3: the last 4.4x that trl
@@ -110,7 +111,7 @@ def ours_overrides(family: str, iterations: int, precision: str = "auto") -> lis
         f"algo.cliprange_value={CLIPRANGE_VALUE}", f"algo.vf_coef={VF_COEF}", "algo.whiten_rewards=true",
         "algo.max_grad_norm=null", "algo.value_model=shared", "algo.temperature=1.0", "algo.top_k=0",
         "algo.top_p=1.0", f"algo.penalty_reward_value={PENALTY}", "algo.truncate_token=null",
-        "algo.truncate_after=0", "algo.ptx_coef=0.0", "algo.ema_decay=null",
+        "algo.truncate_after=0", "algo.ptx_coef=0.0", "algo.ema_decay=null", "algo.reward_normalization=none",
         "trainer=cpu", f"trainer.precision={precision}", f"trainer.max_steps={iterations}", "trainer.val_check_interval=null",
         "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false", "run_dir=/tmp/bench_ppo_unused",
@@ -125,7 +126,7 @@ def workload(args) -> dict:
             "gamma": GAMMA, "lam": LAM, "cliprange": CLIPRANGE, "cliprange_value": CLIPRANGE_VALUE,
             "vf_coef": VF_COEF, "whiten_rewards": True,
             "reward": f"LengthReward({REWARD_TARGET_CHARS}) of the text cut after the first EOS, "
-                      f"{PENALTY} without EOS", "precision": {"ours": args.precision, "trl": "32-true"}, "iterations": args.iters,
+                      f"{PENALTY} without EOS", "precision": {"ours": args.precision, "trl": "32-true", "trl_bf16": "accelerate bf16 autocast"}, "iterations": args.iters,
             "warmup": args.warmup, "rounds": args.rounds, "seed": args.seed, "trl_gen_batch": args.trl_gen_batch,
             "threads": args.threads}
 
@@ -258,7 +259,7 @@ def run_method(args, method: str, family: str) -> dict:
     if py is None:
         return {"unavailable": reason}
     cmd = [str(py), str(ROOT / "bench" / "_trl_ppo.py"), *common_args(args, family),
-           "--gen-batch", str(args.trl_gen_batch)]
+           "--gen-batch", str(args.trl_gen_batch), "--mixed-precision", "bf16" if method == "trl_bf16" else "no"]
     return run_subprocess(cmd, f"trl {family}", env=worker_env(args), timeout=args.timeout)
 
 
@@ -288,10 +289,10 @@ def combine(runs: list[dict]) -> dict:
 
 def print_table(results: dict, info: dict, args) -> None:
     print(f"\nPPO iteration time: {N_PROMPTS} prompts x {PROMPT_LEN} bytes, {RESPONSE_LEN} sampled tokens, "
-          f"{PPO_EPOCHS} epochs x minibatch {MINIBATCH}, ours {args.precision} (TRL fp32), cpu ({info['device_name']}, "
+          f"{PPO_EPOCHS} epochs x minibatch {MINIBATCH}, ours {args.precision} (trl fp32, trl_bf16 autocast), cpu ({info['device_name']}, "
           f"{info['torch_threads']} threads); median of {args.iters} iterations after {args.warmup} warmup, "
           f"x {args.rounds} round(s)")
-    print(f"{'family':<6} {'method':<6} {'s/iter':>8} {'rounds':>18} {'speedup':>8} {'cpu s/iter':>10} "
+    print(f"{'family':<6} {'method':<8} {'s/iter':>8} {'rounds':>18} {'speedup':>8} {'cpu s/iter':>10} "
           f"{'cpu speedup':>11}  split (median s)")
     for family, rows in results.items():
         trl = rows.get("trl", {}).get("iteration_s_median")
@@ -299,14 +300,14 @@ def print_table(results: dict, info: dict, args) -> None:
         for method, r in rows.items():
             if "iteration_s_median" not in r:
                 errs = [x.get("unavailable") or x.get("error", "?") for x in r["rounds"]]
-                print(f"{family:<6} {method:<6} failed ({errs[0].splitlines()[0] if errs else '?'})")
+                print(f"{family:<6} {method:<8} failed ({errs[0].splitlines()[0] if errs else '?'})")
                 continue
             sp = f"{trl / r['iteration_s_median']:8.2f}" if trl else f"{'-':>8}"
             split = "  ".join(f"{k.split('/', 1)[1]} {v:.3f}" for k, v in r.get("split_median_s", {}).items())
             rounds = ",".join(f"{x:.2f}" for x in r["round_medians_s"])
             cpu = r["iteration_cpu_s_median"]
             csp = f"{trl_cpu / cpu:11.2f}" if trl_cpu else f"{'-':>11}"
-            print(f"{family:<6} {method:<6} {r['iteration_s_median']:8.3f} {rounds:>18} {sp} {cpu:10.3f} {csp}  "
+            print(f"{family:<6} {method:<8} {r['iteration_s_median']:8.3f} {rounds:>18} {sp} {cpu:10.3f} {csp}  "
                   f"{split}")
     for family, rows in results.items():
         for method, r in rows.items():
@@ -319,7 +320,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--family", default="gpt2,t5", help="comma-separated subset of gpt2,t5")
-    p.add_argument("--which", default="ours,trl", help="comma-separated subset of ours,trl")
+    p.add_argument("--which", default="ours,trl,trl_bf16", help="comma-separated subset of ours,trl,trl_bf16")
     p.add_argument("--iters", type=int, default=5, help="measured iterations per process (default 5)")
     p.add_argument("--warmup", type=int, default=2, help="iterations run first and dropped (default 2, >= 1)")
     p.add_argument("--rounds", type=int, default=2,
@@ -331,7 +332,7 @@ def main(argv=None) -> None:
                         "+model.overrides.activation_function=gelu_pytorch_tanh")
     p.add_argument("--precision", default="auto",
                    help="ours' trainer.precision: auto (bf16-mixed where the CPU has native bf16), 32-true, "
-                        "bf16-mixed (TRL always runs fp32)")
+                        "bf16-mixed (trl runs fp32, trl_bf16 under accelerate's bf16 autocast)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None,
                    help="OMP/MKL threads of every process (default: torch's default, one per core)")
@@ -377,19 +378,21 @@ def main(argv=None) -> None:
     out["load_average"]["end"] = load_average()
     results = {f: {m: combine(runs) for m, runs in rows.items()} for f, rows in raw.items()}
     for rows in results.values():
-        trl = rows.get("trl", {}).get("iteration_s_median")
-        ours = rows.get("ours", {}).get("iteration_s_median")
-        if trl and ours:
-            rows["speedup_ours_vs_trl"] = trl / ours
-            rows["cpu_speedup_ours_vs_trl"] = (rows["trl"]["iteration_cpu_s_median"]
-                                               / rows["ours"]["iteration_cpu_s_median"])
+        for ref in ("trl", "trl_bf16"):
+            theirs = rows.get(ref, {}).get("iteration_s_median")
+            ours = rows.get("ours", {}).get("iteration_s_median")
+            if theirs and ours:
+                rows[f"speedup_ours_vs_{ref}"] = theirs / ours
+                rows[f"cpu_speedup_ours_vs_{ref}"] = (rows[ref]["iteration_cpu_s_median"]
+                                                      / rows["ours"]["iteration_cpu_s_median"])
     out["results"] = results
     print_table({f: {m: r for m, r in rows.items() if isinstance(r, dict)} for f, rows in results.items()},
                 info, args)
     for f, rows in results.items():
-        if "speedup_ours_vs_trl" in rows:
-            print(f"{f}: ours is {rows['speedup_ours_vs_trl']:.2f}x TRL in wall time, "
-                  f"{rows['cpu_speedup_ours_vs_trl']:.2f}x in CPU time (target >= 2x)")
+        for ref, target in (("trl", 2.0), ("trl_bf16", 1.3)):
+            if f"speedup_ours_vs_{ref}" in rows:
+                print(f"{f}: ours is {rows[f'speedup_ours_vs_{ref}']:.2f}x {ref} in wall time, "
+                      f"{rows[f'cpu_speedup_ours_vs_{ref}']:.2f}x in CPU time (target >= {target}x)")
     print(f"load average: start {out['load_average']['start']}, end {out['load_average']['end']}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
