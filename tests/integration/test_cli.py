@@ -42,7 +42,8 @@ def fails_clearly(proc: subprocess.CompletedProcess, *needles: str) -> str:
 @pytest.mark.parametrize("model", ["tiny-t5", "tiny-gpt2"])
 def test_cli_contract_and_resume(tmp_path, model):
     run = tmp_path / "run"
-    ok(train("algo=sft", f"model={model}", "data=word_sorting", "trainer.max_steps=4", "seed=3",
+    grouped = f"data.group_by_length={str(model == 'tiny-gpt2').lower()}"  # one family with length-grouped batches
+    ok(train("algo=sft", f"model={model}", "data=word_sorting", "trainer.max_steps=4", "seed=3", grouped,
              "trainer.log_every_n_steps=1",
              "checkpoint_every_n_steps=2", f"hydra.run.dir={run}", *QUICK, cwd=tmp_path))
     metrics = json.loads((run / "metrics.json").read_text())
@@ -57,7 +58,7 @@ def test_cli_contract_and_resume(tmp_path, model):
     # resume: continues from step 4 to step 6 in a new run directory
     run2 = tmp_path / "run2"
     ok(train("algo=sft", f"model={model}", "trainer.max_steps=6", f"ckpt_path={run}/checkpoints/last.ckpt",
-             f"hydra.run.dir={run2}", *QUICK, cwd=tmp_path))
+             grouped, f"hydra.run.dir={run2}", *QUICK, cwd=tmp_path))
     assert json.loads((run2 / "metrics.json").read_text())["trainer/global_step"] == 6
 
     # the trained model loads back as an ordinary Hugging Face model by path
