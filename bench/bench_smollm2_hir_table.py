@@ -17,6 +17,13 @@ Anchor: the paper's FLAN-T5-large 12-task averages: no training 26.8, PPO 34.7, 
     python bench/bench_smollm2_hir_table.py --json bench/results/smollm2_hir_table_cpu.json    # CPU size
     python bench/bench_smollm2_hir_table.py --trainer gpu --json bench/results/smollm2_hir_table_gpu.json
     python bench/bench_smollm2_hir_table.py --smoke --work /tmp/hir_smoke                       # plumbing
+
+``--start sft`` asks the next question when the instruct model cannot answer in the bare format (it scores
+0 %, so the verifier gives PPO no signal and HIR no correct sample): first the ``sft`` arm (saved), then PPO
+and HIR each for the same budget from that SFT model, so the "none" column is the SFT model and the other
+columns say what feedback adds to it:
+
+    python bench/bench_smollm2_hir_table.py --start sft --parallel 2 --json bench/results/smollm2_hir_from_sft_cpu.json
 """
 from __future__ import annotations
 
@@ -39,7 +46,8 @@ ARMS = {  # [PROJECT] settings for LoRA on a 135M model; the budget, not the ste
 }
 
 
-def run_arm(task: str, arm: str, seed: int, args, work: Path) -> dict:
+def run_arm(task: str, arm: str, seed: int, args, work: Path, start: Path | None = None,
+            save: bool = False) -> dict:
     seconds, max_steps, batch, pool = size(args, cpu=(300, 300, 8, 64), gpu=(120, 1000, 32, 256),
                                            smoke=(20, 2, 2, 4))
     run_dir = work / f"{task}_{arm}_s{seed}"
@@ -47,8 +55,10 @@ def run_arm(task: str, arm: str, seed: int, args, work: Path) -> dict:
                  f"data.batch_size={batch}", f"data.eval_batch_size={2 * batch}", "data.num_val=100000",
                  f"algo.max_new_tokens={NEW_TOKENS.get(task, 16)}", f"seed={seed}", "data.seed=0",
                  f"trainer.max_steps={max_steps}", f"+trainer.max_time={{seconds: {seconds}}}",
-                 "trainer.val_check_interval=null", "trainer.check_val_every_n_epoch=null", "save_model=false",
-                 "trainer.enable_progress_bar=false", *trainer_overrides(args)]
+                 "trainer.val_check_interval=null", "trainer.check_val_every_n_epoch=null",
+                 f"save_model={str(save).lower()}", "trainer.enable_progress_bar=false", *trainer_overrides(args)]
+    if start is not None:  # from a saved run (LoRA adapters merged into the base on load)
+        overrides.append(f"model.name_or_path={start}")
     if arm in ("sft", "ppo"):
         overrides.append("data.template=" + hydra_value(f"{INSTRUCTION}\n\n{QUERY_TEMPLATE}"))
     if arm == "ppo":
@@ -56,9 +66,9 @@ def run_arm(task: str, arm: str, seed: int, args, work: Path) -> dict:
     if arm == "hir":
         overrides += [f"algo.batch_size={batch}", f"algo.sample_batch_size={2 * batch}", f"algo.pool_size={pool}",
                       "algo.eval_size=8"]
-    run = run_train(overrides, run_dir, threads=None)
+    run = run_train(overrides, run_dir, threads=args.threads)
     metrics = json.loads((run_dir / "metrics.json").read_text()) if run["rc"] == 0 else {}
-    row = {"task": task, "arm": arm, "seed": seed, **run, "steps": metrics.get("trainer/global_step"),
+    row = {"task": task, "arm": arm, "seed": seed, "start": str(start) if start else "instruct model", **run, "steps": metrics.get("trainer/global_step"),
            "fit_seconds": metrics.get("time/fit_seconds"), "none": metrics.get("before/val/accuracy"),
            "after": metrics.get("val/accuracy")}
     print(f"{task} {arm} seed {seed}: rc={run['rc']} {row['none']} -> {row['after']} "
@@ -66,7 +76,7 @@ def run_arm(task: str, arm: str, seed: int, args, work: Path) -> dict:
     return row
 
 
-def table(runs: list[dict]) -> str:
+def table(runs: list[dict], start: str = "none") -> str:
     tasks = list(dict.fromkeys(r["task"] for r in runs))
     arms = list(dict.fromkeys(r["arm"] for r in runs))
 
@@ -74,7 +84,7 @@ def table(runs: list[dict]) -> str:
         values = [v for v in values if v is not None]
         return f"{100 * sum(values) / len(values):.1f}" if values else "-"
 
-    lines = ["| task | none | " + " | ".join(arms) + " |", "|---" * (len(arms) + 2) + "|"]
+    lines = [f"| task | {start} | " + " | ".join(arms) + " |", "|---" * (len(arms) + 2) + "|"]
     for t in tasks:
         mine = [r for r in runs if r["task"] == t]
         lines.append(f"| {t} | {mean(r['none'] for r in mine)} | "
@@ -88,14 +98,26 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tasks", default=TASKS, help="comma-separated BBH task files")
     p.add_argument("--arms", default="sft,ppo,hir")
     p.add_argument("--parallel", type=int, default=1, help="runs at once (on a GPU: 9 share one card)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: the environment's)")
+    p.add_argument("--start", choices=("none", "sft"), default="none",
+                   help="sft: PPO and HIR start from each task's saved SFT arm (see above)")
     args = p.parse_args(argv)
     tasks = args.tasks.split(",")[:1] if args.smoke else args.tasks.split(",")
     started = time.perf_counter()
-    jobs = [(t, a, s, args, Path(args.work)) for s in seeds(args) for t in tasks for a in args.arms.split(",")]
-    runs = run_jobs(run_arm, jobs, args.parallel)
-    md = table(runs)
+    work = Path(args.work)
+    arms = args.arms.split(",")
+    if args.start == "none":
+        runs = run_jobs(run_arm, [(t, a, s, args, work) for s in seeds(args) for t in tasks for a in arms],
+                        args.parallel)
+    else:
+        sft = run_jobs(run_arm, [(t, "sft", s, args, work, None, True) for s in seeds(args) for t in tasks],
+                       args.parallel)
+        runs = run_jobs(run_arm, [(r["task"], a, r["seed"], args, work, work / f"{r['task']}_sft_s{r['seed']}" / "model")
+                                  for r in sft if r["rc"] == 0 for a in arms if a != "sft"], args.parallel)
+    md = table(runs, "none" if args.start == "none" else "start (the SFT arm)")
     print(md)
-    return finish({"what": "HIR table on SmolLM2-135M-Instruct, real BBH (bench_smollm2_hir_table.py)",
+    return finish({"what": "HIR table on SmolLM2-135M-Instruct, real BBH (bench_smollm2_hir_table.py"
+                           + (", PPO and HIR from the SFT arm)" if args.start == "sft" else ")"),
                    "trainer": args.trainer, "smoke": args.smoke, "table": md, "runs": runs},
                   started, args.json, None, lambda runs, path: None)
 
