@@ -66,7 +66,11 @@ def run_arm(task: str, arm: str, seed: int, args, work: Path, start: Path | None
     if arm == "hir":
         overrides += [f"algo.batch_size={batch}", f"algo.sample_batch_size={2 * batch}", f"algo.pool_size={pool}",
                       "algo.eval_size=8"]
-    run = run_train(overrides, run_dir, threads=args.threads)
+    overrides += [o.split(":", 1)[1] for o in args.override if o.split(":", 1)[0] == arm]
+    if args.reuse and (run_dir / "metrics.json").is_file():  # finished earlier: read back, not rerun
+        run = {"rc": 0, "wall_seconds": None, "command": "reused " + str(run_dir)}
+    else:
+        run = run_train(overrides, run_dir, threads=args.threads)
     metrics = json.loads((run_dir / "metrics.json").read_text()) if run["rc"] == 0 else {}
     row = {"task": task, "arm": arm, "seed": seed, "start": str(start) if start else "instruct model", **run, "steps": metrics.get("trainer/global_step"),
            "fit_seconds": metrics.get("time/fit_seconds"), "none": metrics.get("before/val/accuracy"),
@@ -101,6 +105,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: the environment's)")
     p.add_argument("--start", choices=("none", "sft"), default="none",
                    help="sft: PPO and HIR start from each task's saved SFT arm (see above)")
+    p.add_argument("--override", action="append", default=[], metavar="ARM:KEY=VALUE",
+                   help="one more Hydra override for one arm, e.g. hir:algo.temperature=0.5 (repeatable)")
+    p.add_argument("--reuse", action="store_true", help="read back runs of --work that finished (their "
+                   "metrics.json exists) instead of running them again")
     args = p.parse_args(argv)
     tasks = args.tasks.split(",")[:1] if args.smoke else args.tasks.split(",")
     started = time.perf_counter()
