@@ -20,13 +20,16 @@ GPU_TRAINER = ["trainer=gpu", "trainer.precision=32-true"]  # every run on the G
 
 
 def run_train(overrides: list[str], run_dir: Path, threads: int | None = 1, timeout: float | None = None,
-              log: Path | None = None) -> dict:
+              log: Path | None = None, reuse: bool = False) -> dict:
     """``python train.py <overrides> hydra.run.dir=<run_dir>``, its output in ``log`` (default
     ``run_dir/bench.log``); ``threads`` sets OMP/MKL threads (None: inherit the environment's).
 
     Returns ``{"rc", "wall_seconds", "command"}``; ``rc`` is ``"timeout"`` when stopped at ``timeout``
     seconds (what it logged so far stays on disk: pass ``+logger.csv.flush_logs_every_n_steps=1`` to keep
-    every step)."""
+    every step). With ``reuse``, a run that finished earlier in ``run_dir`` (its metrics.json exists) is read
+    back instead of run again (``wall_seconds`` None)."""
+    if reuse and (run_dir / "metrics.json").is_file():
+        return {"rc": 0, "wall_seconds": None, "command": f"reused {run_dir}"}
     cmd = [sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if threads is not None:

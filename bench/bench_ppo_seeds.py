@@ -51,12 +51,9 @@ def run_one(arm: str, seed: int, args, out_root: Path) -> dict:
                  f"checkpoint_every_n_steps={args.iterations}",
                  f"save_model={str(args.evaluate).lower()}",
                  *[o.format(rm=args.rm) for o in ARMS[arm]], *args.trainer_overrides]
-    if args.reuse and (run_dir / "metrics.json").is_file():  # finished earlier: read back, not rerun
-        run = {"rc": 0, "wall_seconds": None, "command": "reused " + str(run_dir)}
-        print(f"{arm} seed {seed}: reused {run_dir}", flush=True)
-    else:
-        run = run_train(overrides, run_dir, args.threads, args.run_timeout)
-        print(f"{arm} seed {seed}: rc={run['rc']} in {run['wall_seconds']:.0f}s", flush=True)
+    run = run_train(overrides, run_dir, args.threads, args.run_timeout, reuse=args.reuse)
+    took = run["command"] if run["wall_seconds"] is None else f"in {run['wall_seconds']:.0f}s"
+    print(f"{arm} seed {seed}: rc={run['rc']} {took}", flush=True)
     return {"arm": arm, "seed": seed, **run, "curves": read_curves(run_dir / "metrics.csv", CURVES, args.iterations)}
 
 

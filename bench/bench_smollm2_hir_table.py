@@ -67,12 +67,10 @@ def run_arm(task: str, arm: str, seed: int, args, work: Path, start: Path | None
         overrides += [f"algo.batch_size={batch}", f"algo.sample_batch_size={2 * batch}", f"algo.pool_size={pool}",
                       "algo.eval_size=8"]
     overrides += [o.split(":", 1)[1] for o in args.override if o.split(":", 1)[0] == arm]
-    if args.reuse and (run_dir / "metrics.json").is_file():  # finished earlier: read back, not rerun
-        run = {"rc": 0, "wall_seconds": None, "command": "reused " + str(run_dir)}
-    else:
-        run = run_train(overrides, run_dir, threads=args.threads)
+    run = run_train(overrides, run_dir, threads=args.threads, reuse=args.reuse)
     metrics = json.loads((run_dir / "metrics.json").read_text()) if run["rc"] == 0 else {}
-    row = {"task": task, "arm": arm, "seed": seed, "start": str(start) if start else "instruct model", **run, "steps": metrics.get("trainer/global_step"),
+    row = {"task": task, "arm": arm, "seed": seed, "start": str(start) if start else "instruct model", **run,
+           "steps": metrics.get("trainer/global_step"),
            "fit_seconds": metrics.get("time/fit_seconds"), "none": metrics.get("before/val/accuracy"),
            "after": metrics.get("val/accuracy")}
     print(f"{task} {arm} seed {seed}: rc={run['rc']} {row['none']} -> {row['after']} "
@@ -120,8 +118,9 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         sft = run_jobs(run_arm, [(t, "sft", s, args, work, None, True) for s in seeds(args) for t in tasks],
                        args.parallel)
-        runs = run_jobs(run_arm, [(r["task"], a, r["seed"], args, work, work / f"{r['task']}_sft_s{r['seed']}" / "model")
-                                  for r in sft if r["rc"] == 0 for a in arms if a != "sft"], args.parallel)
+        from_sft = [(r["task"], a, r["seed"], args, work, work / f"{r['task']}_sft_s{r['seed']}" / "model")
+                    for r in sft if r["rc"] == 0 for a in arms if a != "sft"]
+        runs = run_jobs(run_arm, from_sft, args.parallel)
     md = table(runs, "none" if args.start == "none" else "start (the SFT arm)")
     print(md)
     return finish({"what": "HIR table on SmolLM2-135M-Instruct, real BBH (bench_smollm2_hir_table.py"

@@ -36,10 +36,9 @@ QUIET = ["trainer.enable_progress_bar=false"]
 
 def stage(name: str, overrides: list[str], work: Path) -> Path:
     run_dir = work / name
-    if not (run_dir / "metrics.json").is_file():  # re-running resumes at the first unfinished stage
-        run = run_train(overrides, run_dir, threads=None)
-        if run["rc"] != 0:
-            raise SystemExit(f"stage {name} failed (rc={run['rc']}); see {run_dir}/bench.log")
+    run = run_train(overrides, run_dir, threads=None, reuse=True)  # re-running resumes at the first unfinished stage
+    if run["rc"] != 0:
+        raise SystemExit(f"stage {name} failed (rc={run['rc']}); see {run_dir}/bench.log")
     print(f"{name}: {json.loads((run_dir / 'metrics.json').read_text()).get('val/accuracy')}", flush=True)
     return run_dir
 
