@@ -263,7 +263,7 @@ def worker_main(args) -> None:
 def worker_cmd(args, method: str, k: int, batch: int) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--worker", method, "--k", str(k), "--batch",
             str(batch), "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
-            "--lr", str(args.lr), "--seed", str(args.seed)]
+            "--lr", str(args.lr), "--seed", str(args.seed), "--precision", precision(args)]
 
 
 def run_trl(args) -> dict:
@@ -390,6 +390,9 @@ def main(argv=None) -> None:
     p.add_argument("--which", default="ours,plain,trl",
                    help="comma-separated subset of ours,plain,trl (part k runs the ours/plain ones)")
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--precision", default=None,
+                   help="ours and plain: 32-true, bf16-mixed or auto (bf16-mixed where the CPU has native bf16); "
+                        "default 32-true on the CPU (TRL runs fp32, as it does by default)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None,
