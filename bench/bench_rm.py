@@ -193,7 +193,7 @@ def run_plain(args, rows: list[dict]) -> dict:
     opt = build_adamw(module.parameters(), args.lr, 0.0, eps=ADAM_EPS)
     sched = build_scheduler(opt, total, "constant", 0, 0.0)
     bf16 = precision(args) == "bf16-mixed"  # what Lightning's bf16-mixed does: autocast the training step
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     for step, batch in enumerate(loader(rows, args.batch)):
         if step == total:
             break
