@@ -35,10 +35,16 @@ with ours' own per-iteration split (``time/generate``, ``time/forward``, ``time/
 ``time/ppo/*``). Each (method, family) runs in its own process; ``--rounds`` repeats the pair in
 alternating order (ours, trl, trl, ours, ...) so that a change in the machine's load hits both.
 
+``--paired`` runs ours at the same time as each other method instead (one core each, pinned with ``taskset``,
+swapped every round) and reports, beside the medians, the median over rounds of each pair's ratio: on a VM
+whose speed drifts from minute to minute (docs/speed.md), two processes that share the same minutes give a
+steadier ratio than processes run one after the other.
+
 Run (CPU)::
 
     python bench/bench_ppo.py --json bench/results/ppo_cpu.json        # both families, ours and trl
     python bench/bench_ppo.py --family gpt2 --iters 2 --warmup 1 --rounds 1   # smoke test
+    python bench/bench_ppo.py --paired --threads 1 --iters 3 --warmup 1 --rounds 3   # 2 cores, side by side
 """
 
 from __future__ import annotations
@@ -250,17 +256,31 @@ def common_args(args, family: str) -> list[str]:
     return ["--family", family, "--iters", str(args.iters), "--warmup", str(args.warmup), "--seed", str(args.seed)]
 
 
-def run_method(args, method: str, family: str) -> dict:
+def run_method(args, method: str, family: str, cpu: int | None = None) -> dict:
+    """One (method, family) process; ``cpu``: pin it to that core (``taskset``), for ``--paired`` rounds."""
+    pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
     if method == "ours":
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", *common_args(args, family)]
         cmd += [f"--ours-override={o}" for o in args.ours_override] + [f"--precision={args.precision}"]
-        return run_subprocess(cmd, f"ours {family}", env=worker_env(args), timeout=args.timeout)
+        return run_subprocess(pin + cmd, f"ours {family}", env=worker_env(args), timeout=args.timeout)
     py, reason = ensure_trl_venv(TRL_VENV)
     if py is None:
         return {"unavailable": reason}
     cmd = [str(py), str(ROOT / "bench" / "_trl_ppo.py"), *common_args(args, family),
            "--gen-batch", str(args.trl_gen_batch), "--mixed-precision", "bf16" if method == "trl_bf16" else "no"]
-    return run_subprocess(cmd, f"trl {family}", env=worker_env(args), timeout=args.timeout)
+    return run_subprocess(pin + cmd, f"trl {family}", env=worker_env(args), timeout=args.timeout)
+
+
+def run_pair(args, ref: str, family: str, rnd: int) -> tuple[dict, dict]:
+    """``--paired``: ours and ``ref`` at the same time, one core each (swapped every round), so that both
+    see the same minutes of this machine; returns (ours, ref)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cores = (0, 1) if rnd % 2 == 0 else (1, 0)
+    with ThreadPoolExecutor(2) as pool:
+        ours = pool.submit(run_method, args, "ours", family, cores[0])
+        theirs = pool.submit(run_method, args, ref, family, cores[1])
+        return ours.result(), theirs.result()
 
 
 def load_average() -> list[float] | None:
@@ -337,6 +357,9 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="OMP/MKL threads of every process (default: torch's default, one per core)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per process")
+    p.add_argument("--paired", action="store_true",
+                   help="run ours at the same time as each other method, one core each (taskset), and report "
+                        "the median of the rounds' ratios: robust to a machine whose speed drifts (docs/speed.md)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -361,8 +384,24 @@ def main(argv=None) -> None:
                  "load_average": {"start": load_average()}, "order": []}
     raw: dict[str, dict[str, list[dict]]] = {f: {m: [] for m in which} for f in families}
     t0 = time.perf_counter()
+    pair_ratios: dict[str, dict[str, list[float]]] = {f: {} for f in families}
     for family in families:
         for rnd in range(args.rounds):
+            if args.paired:
+                for ref in [m for m in which if m != "ours"]:
+                    la = load_average()
+                    print(f"[{family}] round {rnd + 1}/{args.rounds}: ours beside {ref} (load {la}) ...", flush=True)
+                    r_ours, r_ref = run_pair(args, ref, family, rnd)
+                    for method, r in (("ours", r_ours), (ref, r_ref)):
+                        r.update(load_average_before=la, load_average_after=load_average(), paired_with=ref)
+                        raw[family][method].append(r)
+                        out["order"].append(f"{family}:{method}|{ref}")
+                    if "iteration_s_median" in r_ours and "iteration_s_median" in r_ref:
+                        ratio = r_ref["iteration_s_median"] / r_ours["iteration_s_median"]
+                        pair_ratios[family].setdefault(ref, []).append(ratio)
+                        print(f"    ours {r_ours['iteration_s_median']:.3f} s/iter, {ref} "
+                              f"{r_ref['iteration_s_median']:.3f}: {ratio:.2f}x", flush=True)
+                continue
             order = which if rnd % 2 == 0 else which[::-1]
             for method in order:
                 la = load_average()
@@ -377,7 +416,7 @@ def main(argv=None) -> None:
     out["total_s"] = time.perf_counter() - t0
     out["load_average"]["end"] = load_average()
     results = {f: {m: combine(runs) for m, runs in rows.items()} for f, rows in raw.items()}
-    for rows in results.values():
+    for family, rows in results.items():
         for ref in ("trl", "trl_bf16"):
             theirs = rows.get(ref, {}).get("iteration_s_median")
             ours = rows.get("ours", {}).get("iteration_s_median")
@@ -385,6 +424,9 @@ def main(argv=None) -> None:
                 rows[f"speedup_ours_vs_{ref}"] = theirs / ours
                 rows[f"cpu_speedup_ours_vs_{ref}"] = (rows[ref]["iteration_cpu_s_median"]
                                                       / rows["ours"]["iteration_cpu_s_median"])
+        for ref, ratios in pair_ratios[family].items():  # --paired: the ratio of each round's pair
+            rows[f"paired_speedup_ours_vs_{ref}"] = statistics.median(ratios)
+            rows[f"paired_speedups_ours_vs_{ref}"] = [round(x, 3) for x in ratios]
     out["results"] = results
     print_table({f: {m: r for m, r in rows.items() if isinstance(r, dict)} for f, rows in results.items()},
                 info, args)
@@ -393,6 +435,9 @@ def main(argv=None) -> None:
             if f"speedup_ours_vs_{ref}" in rows:
                 print(f"{f}: ours is {rows[f'speedup_ours_vs_{ref}']:.2f}x {ref} in wall time, "
                       f"{rows[f'cpu_speedup_ours_vs_{ref}']:.2f}x in CPU time (target >= {target}x)")
+            if f"paired_speedup_ours_vs_{ref}" in rows:
+                print(f"{f}: paired rounds (ours beside {ref}): median {rows[f'paired_speedup_ours_vs_{ref}']:.2f}x "
+                      f"{rows[f'paired_speedups_ours_vs_{ref}']} (target >= {target}x)")
     print(f"load average: start {out['load_average']['start']}, end {out['load_average']['end']}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
