@@ -1,0 +1,58 @@
+"""The benchmarks' own code paths run: bench_ppo's "ours" arm had been broken for a while (a plugin default
+changed under it) and bench_rm's plain loop ran fp32 while it said bf16, both unnoticed because nothing
+ran them. These run each for one or two steps; no timing is asserted (numbers belong in bench/README.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture(autouse=True)
+def _bench_on_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+
+
+@pytest.mark.slow
+def test_bench_ppo_ours_arm_runs_its_workload(tmp_path):
+    import bench_ppo
+
+    args = argparse.Namespace(family="gpt2", iters=1, warmup=1, seed=0, precision="auto", ours_override=[])
+    result = bench_ppo.run_ours(args)  # raises if the rollout is not the workload (32 tokens, 16 minibatches)
+    assert result["measured_iterations"] == 1 and result["response_tokens"] == bench_ppo.RESPONSE_LEN
+    assert set(result["split_median_s"]) == set(bench_ppo.SPLIT_KEYS)
+
+
+def test_bench_update_step_switches_variants(tmp_path, capsys):
+    import bench_update_step
+
+    out = tmp_path / "step.json"
+    bench_update_step.main(["--family", "t5", "--variants", "hf,fused", "--rounds", "1", "--json", str(out)])
+    variants = json.loads(out.read_text())["variants"]
+    # T5's feed-forward change is bit-identical: the same loss with and without it
+    assert variants["hf"]["loss"] == variants["fused"]["loss"]
+    assert "fused" in capsys.readouterr().out
+
+
+def test_bench_rm_plain_loop_autocasts_on_the_run_device(monkeypatch):
+    import bench_rm
+    import torch
+
+    seen = []
+    real = torch.autocast
+
+    def spy(device_type, *a, **k):
+        seen.append(device_type)
+        return real(device_type, *a, **k)
+
+    monkeypatch.setattr(torch, "autocast", spy)
+    args = argparse.Namespace(device="cpu", precision="bf16-mixed", seed=0, k=2, batch=2, steps=1, warmup=1,
+                              lr=1e-4, threads=None)
+    rows = bench_rm.make_comparison_rows(4, 2, bench_rm.PROMPT_LEN, bench_rm.RESPONSE_LEN, 0)
+    result = bench_rm.run_plain(args, rows)
+    assert seen == ["cpu"] and result["measured_steps"] == 1  # it ran "cuda" on CPU runs: fp32 unnoticed
