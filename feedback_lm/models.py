@@ -117,10 +117,9 @@ class ModelConfig:
         chat_template: wrap every prompt as one user turn of the tokenizer's chat template (with the
             assistant header after it) before tokenizing; False feeds prompts raw.
         attention: the attention kernel (Hugging Face's ``attn_implementation``): ``eager``, ``sdpa``,
-            ``flash_attention_2``, ...; None = the library's default (``sdpa``). ``tiny-gpt2`` sets
-            ``eager``: at its size a training step on the CPU is faster than with ``sdpa``; ``tiny-t5``
-            keeps ``sdpa``, whose math kernel makes PPO's log-probs bit-identical with and without
-            gradients under bf16 (docs/speed.md).
+            ``flash_attention_2``, ...; None = the library's default (``sdpa``). The tiny presets and
+            ``smollm2-135m`` set ``eager``: at their sizes a training step on the CPU is faster than with
+            ``sdpa`` (docs/speed.md).
         fused_gelu: compute Hugging Face's ``gelu_new`` (GPT-2, FLAN-T5) with torch's one-kernel
             ``gelu_pytorch_tanh``: the same function, 1.24x faster PPO update steps on the CPU under bf16
             (:mod:`feedback_lm.speedups`); a model saved from such a run names ``gelu_pytorch_tanh``.

@@ -444,8 +444,9 @@ class RolloutBuffer:
             same_layout: pad every minibatch to the longest prompt and response in the buffer instead of
                 minimally. A rollout's own forward pass saw that layout, and under bf16 autocast a row's
                 log-probs depend on the padding around it (other matrix shapes round differently: up to
-                0.03 nats measured on the tiny presets), while with the same layout they are bit-identical
-                whatever the other rows of the batch. PPO needs this for its ratio to start at exactly 1.
+                0.03 nats measured on the tiny presets), while with the same layout and the same number of
+                rows they are bit-identical whatever the other rows are. PPO needs this (and runs its
+                rollout's forward pass in chunks of the minibatch size) for its ratio to start at exactly 1.
 
         Returns:
             An iterator of Rollouts of at most ``batch_size`` rows.

@@ -203,7 +203,8 @@ class PPO(L.LightningModule):
             file. ptx_ratio: pretraining sequences per PPO episode in each optimizer step.
         ema_decay: keep an EMA of the policy weights (InstructGPT: 0.992), used for validation and saving.
         max_grad_norm: clip the global gradient norm after all gradients have accumulated (None = off).
-        forward_batch_size: chunk size of the no-grad forward passes of a rollout.
+        forward_batch_size: chunk size of the no-grad forward passes of a rollout (at most
+            ``minibatch_size``: the update's shapes, for an exact first ratio under bf16).
         refit: online reward-model refits (:mod:`feedback_lm.refit`): ``{every: N, prompts, k, task, ...}``;
             every N iterations sample, label, append and refit the reward model, then go on with it.
         fast_generation: sample with the static-cache fast path (:mod:`feedback_lm.sampling`; compiled
@@ -365,8 +366,12 @@ class PPO(L.LightningModule):
         t0 = time.perf_counter()
         self.policy.eval()
         logprobs, values, ref_logprobs = [], [], []
-        for s in range(0, len(prompts), hp.forward_batch_size):
-            sl = slice(s, s + hp.forward_batch_size)
+        # Chunks of the update's minibatch size: under bf16 on the CPU a matrix product's rounding depends on
+        # its row count (oneDNN splits the inner dimension differently), so the old log-probs must come from
+        # products of the update's shapes for the ratio to start at exactly 1 (docs/speed.md).
+        chunk = min(hp.forward_batch_size, hp.minibatch_size)
+        for s in range(0, len(prompts), chunk):
+            sl = slice(s, s + chunk)
             args = (prompt_ids[sl], prompt_mask[sl], response_ids[sl], mask[sl])
             lp, v, _ = self._logprobs_values(*args)
             logprobs.append(lp * mask[sl])
