@@ -62,9 +62,10 @@ PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 # T5 of the same width) on 64-byte prompts + 32-byte responses.
 MODELS = {
     "tiny-gpt2": {"name": "bench-gpt2", "preset": "tiny-gpt2", "tokenizer": "byte", "attention": "eager",
-                  "overrides": {"n_layer": 4, "n_embd": 256, "n_head": 4}},  # attention: as conf/model/tiny-gpt2.yaml
-    "tiny-t5-default": {"name": "tiny-t5", "preset": "tiny-t5", "tokenizer": "byte", "overrides": {}},  # train.py's
-    "tiny-t5": {"name": "bench-t5", "preset": "tiny-t5", "tokenizer": "byte",
+                  "overrides": {"n_layer": 4, "n_embd": 256, "n_head": 4}},  # attention: as conf/model/tiny-*.yaml
+    "tiny-t5-default": {"name": "tiny-t5", "preset": "tiny-t5", "tokenizer": "byte", "attention": "eager",
+                        "overrides": {}},  # train.py's
+    "tiny-t5": {"name": "bench-t5", "preset": "tiny-t5", "tokenizer": "byte", "attention": "eager",
                 "overrides": {"d_model": 256, "d_ff": 1024, "num_layers": 2, "num_decoder_layers": 2,
                               "num_heads": 4, "d_kv": 64}},
     # gpt2-large's architecture with random weights. The byte tokenizer only ever produces ids < 384;

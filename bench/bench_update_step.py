@@ -7,13 +7,14 @@ steps, and rounds alternate their order, so that this machine's drift (docs/spee
 
 * ``hf``: Hugging Face's own modules (``gelu_new``, T5's feed-forward with its up-cast before ``wo``);
 * ``fused``: what ``load_model`` builds (``gelu_pytorch_tanh``; T5's feed-forward without the up-cast);
-* ``fused_eager`` (T5 only): ``fused`` with ``attention=eager`` instead of SDPA's math kernel.
+* a suffix ``_sdpa`` / ``_eager`` (``hf_sdpa``, ``fused_eager``, ...): that attention kernel instead of the
+  preset's (eager).
 
 Reports the median thread CPU time per step and the loss of each variant (the same to float rounding;
 bit-identical between ``hf`` and ``fused`` on T5).
 
     python bench/bench_update_step.py --family gpt2
-    python bench/bench_update_step.py --family t5 --variants hf,fused,fused_eager --rounds 15
+    python bench/bench_update_step.py --family t5 --variants hf,fused,fused_sdpa --rounds 15
 """
 
 from __future__ import annotations
@@ -39,20 +40,16 @@ def build(family: str):
     from feedback_lm.policy import Policy
 
     torch.manual_seed(0)
-    cfg = model_config(family)
-    cfg.setdefault("attention", "eager" if family == "gpt2" else "sdpa")  # as conf/model/tiny-*.yaml
+    cfg = model_config(family)  # attention as the preset's (conf/model/tiny-*.yaml)
     return Policy.from_config(cfg).train(), cfg["attention"]
 
 
 def switcher(policy, default_attention: str):
     """A function ``apply(variant)`` that turns the model into that variant in place."""
     from transformers.activations import GELUTanh, NewGELUActivation
-    from transformers.models.t5 import modeling_t5 as t5
 
-    from feedback_lm import speedups
+    from feedback_lm.speedups import T5_FEED_FORWARD as ours
 
-    ours = {t5.T5DenseActDense: speedups._AutocastT5DenseActDense,
-            t5.T5DenseGatedActDense: speedups._AutocastT5DenseGatedActDense}
     theirs = {v: k for k, v in ours.items()}
     acts = [m for m in policy.model.modules() if isinstance(getattr(m, "act", None), (GELUTanh, NewGELUActivation))]
     ffs = [m for m in policy.model.modules() if type(m) in ours or type(m) in theirs]
@@ -63,7 +60,8 @@ def switcher(policy, default_attention: str):
             m.act = GELUTanh() if fused else NewGELUActivation()
         for m in ffs:
             m.__class__ = (ours.get(type(m), type(m)) if fused else theirs.get(type(m), type(m)))
-        policy.model.set_attn_implementation("eager" if variant.endswith("eager") else default_attention)
+        kernel = variant.split("_", 1)[1] if "_" in variant else default_attention
+        policy.model.set_attn_implementation(kernel)
 
     return apply
 
@@ -71,7 +69,7 @@ def switcher(policy, default_attention: str):
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--family", choices=sorted(FAMILIES), default="gpt2")
-    p.add_argument("--variants", default="hf,fused", help="comma-separated subset of hf,fused,fused_eager")
+    p.add_argument("--variants", default="hf,fused", help="comma-separated: hf, fused, each optionally with _sdpa or _eager")
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)

@@ -332,8 +332,8 @@ def _same_attention_kernel_with_and_without_grad(device: torch.device):
     """T5's trainable relative-position bias enters attention as a float mask. On the CPU, SDPA runs its
     flash kernel when that mask needs no gradient (``no_grad`` rollout passes) and its math kernel when
     it does (the update), and under bf16 the two differ by up to 0.07 nats per token: PPO's ratio would
-    not start at 1. The math kernel on both sides makes them bit-identical, at no measured cost on the
-    tiny presets (docs/speed.md)."""
+    not start at 1. The math kernel on both sides makes them agree (docs/speed.md). It matters for T5 models
+    on ``sdpa`` (the library's default, e.g. FLAN-T5); the tiny presets use ``eager`` attention."""
     if device.type != "cpu":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
