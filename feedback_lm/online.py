@@ -76,7 +76,7 @@ def score_responses(reward_fn: Callable, prompts: Sequence[str], responses: Sequ
 def sample_and_score(policy: Policy, prompts: Sequence[str], targets: Sequence[str | None], reward_fn: Callable,
                      k: int, *, max_new_tokens: int = 32, temperature: float = 1.0, top_k: int = 0,
                      top_p: float = 1.0, fast: bool = False, ref: Policy | None = None, with_reference: bool = False,
-                     forward_batch_size: int = 64) -> Rollout:
+                     forward_batch_size: int = 64, minibatch_size: int | None = None) -> Rollout:
     """Sample ``k`` responses per prompt from ``policy``, score them, and return the ``N = B·k`` episodes.
 
     The rollout holds ``prompt_ids/mask`` (repeated k times, prompt-major), ``response_ids/mask``,
@@ -84,6 +84,12 @@ def sample_and_score(policy: Policy, prompts: Sequence[str], targets: Sequence[s
     top-k/top-p, which every later log-prob must match), ``scores [N]`` and the texts; with
     ``with_reference`` also ``ref_logprobs [N,R]`` under the frozen reference (``ref``, or the policy with
     LoRA adapters off when ``ref`` is None; see :mod:`feedback_lm.reference`). Everything is detached.
+
+    ``minibatch_size``: the update's minibatch size (``None``: the whole rollout). The forward passes run in
+    chunks of ``min(forward_batch_size, minibatch_size)`` rows: under bf16 on the CPU a matrix product's
+    rounding depends on its row count, so the rollout log-probs are bit-identical to the update's (ratio
+    exactly 1 before the first step) only when both passes have the same row count and the update's
+    minibatches keep the rollout's padding (``RolloutBuffer.minibatches(same_layout=True)``; docs/speed.md).
     """
     device = next(policy.model.parameters()).device
     prompt_ids, prompt_mask = (x.to(device) for x in policy.encode_prompts(prompts))
@@ -98,9 +104,10 @@ def sample_and_score(policy: Policy, prompts: Sequence[str], targets: Sequence[s
     was_training = policy.training
     policy.eval()
     logprobs, ref_lp = [], []
-    for s in range(0, len(texts), forward_batch_size):
-        args = (prompt_ids[s: s + forward_batch_size], prompt_mask[s: s + forward_batch_size],
-                gen.response_ids[s: s + forward_batch_size], gen.response_mask[s: s + forward_batch_size])
+    chunk = min(forward_batch_size, minibatch_size or len(texts))
+    for s in range(0, len(texts), chunk):
+        sl = slice(s, s + chunk)
+        args = (prompt_ids[sl], prompt_mask[sl], gen.response_ids[sl], gen.response_mask[sl])
         logprobs.append(policy.logprobs(*args, temperature))
         if with_reference:
             ref_lp.append(reference_logprobs(policy, ref, *args, temperature))

@@ -149,7 +149,8 @@ class GRPO(OnlinePolicyModule):
         # 1. collect + 2. score: G samples per prompt, their scores, rollout (and reference) log-probs
         ro = sample_and_score(self.policy, prompts, targets, self.reward_fn, hp.group_size,
                               max_new_tokens=hp.max_new_tokens, temperature=hp.temperature, fast=hp.fast_generation,
-                              ref=self.ref, with_reference=hp.beta > 0, forward_batch_size=hp.forward_batch_size)
+                              ref=self.ref, with_reference=hp.beta > 0, forward_batch_size=hp.forward_batch_size,
+                              minibatch_size=hp.minibatch_size)
         groups = ro.scores.view(-1, hp.group_size)
         ro.advantages = grpo_advantages(groups, hp.scale_rewards).view(-1)
         # 3. buffer
@@ -157,7 +158,8 @@ class GRPO(OnlinePolicyModule):
         self.buffer.add(ro)
         # 4. update
         opt = self.optimizers()
-        minibatches = list(self.buffer.minibatches(hp.minibatch_size or len(ro), epochs=hp.num_iterations))
+        minibatches = list(self.buffer.minibatches(hp.minibatch_size or len(ro), epochs=hp.num_iterations,
+                                                   same_layout=True))  # the rollout pass's layout
         stats: dict[str, list[torch.Tensor]] = {"loss": [], "kl": [], "clipfrac": []}
         for j, mb in enumerate(minibatches):
             lp = self.policy.logprobs(mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask,

@@ -119,7 +119,8 @@ class RLOO(OnlinePolicyModule):
         # 1. collect + 2. score: k samples per prompt, their scores, rollout and reference log-probs
         ro = sample_and_score(self.policy, prompts, targets, self.reward_fn, hp.k, max_new_tokens=hp.max_new_tokens,
                               temperature=hp.temperature, fast=hp.fast_generation, ref=self.ref,
-                              with_reference=hp.beta > 0, forward_batch_size=hp.forward_batch_size)
+                              with_reference=hp.beta > 0, forward_batch_size=hp.forward_batch_size,
+                              minibatch_size=hp.minibatch_size)
         ref_lp = ro.ref_logprobs if hp.beta > 0 else ro.logprobs
         rewards, kl = kl_shaped_rewards(ro.scores, ro.logprobs, ref_lp, ro.response_mask, hp.beta)
         ro.advantages = rloo_advantages(rewards.view(-1, hp.k)).view(-1)
@@ -128,7 +129,8 @@ class RLOO(OnlinePolicyModule):
         self.buffer.add(ro)
         # 4. update
         opt = self.optimizers()
-        minibatches = list(self.buffer.minibatches(hp.minibatch_size or len(ro), epochs=hp.ppo_epochs))
+        minibatches = list(self.buffer.minibatches(hp.minibatch_size or len(ro), epochs=hp.ppo_epochs,
+                                                   same_layout=True))  # the rollout pass's layout
         losses = []
         for j, mb in enumerate(minibatches):
             lp = self.policy.logprobs(mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask,
