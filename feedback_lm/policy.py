@@ -26,6 +26,7 @@ from torch import nn
 from feedback_lm import ops
 from feedback_lm.errors import UserError
 from feedback_lm.models import ModelConfig, load_model, load_tokenizer
+from feedback_lm.precision import cached_weight_casts
 
 
 @dataclass
@@ -249,8 +250,9 @@ class Policy(nn.Module):
         if not do_sample:
             temperature, top_k, top_p = 1.0, 0, 1.0
         if fast and top_k == 0 and top_p >= 1.0 and self.fsdp_root is None:
-            return self._fast_generate(prompt_ids, prompt_mask, max_new_tokens, temperature, not do_sample,
-                                       num_return_sequences, output_logprobs, stop_at_eos)
+            with cached_weight_casts(prompt_ids.device):
+                return self._fast_generate(prompt_ids, prompt_mask, max_new_tokens, temperature, not do_sample,
+                                           num_return_sequences, output_logprobs, stop_at_eos)
         gen_kwargs = dict(
             input_ids=prompt_ids, attention_mask=prompt_mask.long(), max_new_tokens=max_new_tokens,
             do_sample=do_sample, num_return_sequences=num_return_sequences,
@@ -262,7 +264,8 @@ class Policy(nn.Module):
         was_training = self.model.training
         self.model.eval()  # no dropout while sampling (docs/algorithms.md §0.5)
         try:
-            with _full_params_for_generation(self.model, self.fsdp_root) as synced:
+            with _full_params_for_generation(self.model, self.fsdp_root) as synced, \
+                    cached_weight_casts(prompt_ids.device):  # one bf16 cast per weight, not one per token
                 out = self.model.generate(**gen_kwargs, synced_gpus=synced)
         finally:
             self.model.train(was_training)

@@ -16,8 +16,9 @@ are in ``docs/speed.md``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 
 import torch
@@ -83,3 +84,25 @@ def resolve_precision(trainer_cfg: MutableMapping) -> str:
         why = "no native bf16 on this hardware"
     log.info("precision: %s (trainer.precision=auto: %s; trainer.precision=32-true forces fp32)", chosen, why)
     return chosen
+
+
+@contextlib.contextmanager
+def cached_weight_casts(device: torch.device | str) -> Iterator[None]:
+    """Inside an autocast region, cast each fp32 weight to the autocast dtype once for the whole block
+    instead of at every forward; the cache is cleared on the way out.
+
+    Lightning's autocast runs with torch's cast cache off (``cache_enabled=False``): a cached bf16 copy
+    that outlived an optimizer step would hand out the old weights. Generation is a no-grad block with
+    one forward per new token and no optimizer step inside, so there the cache is exact and saves one cast
+    of every weight per token (sampling 1.1-1.2x faster on the bench models, docs/speed.md). Outside
+    autocast, or when the region already caches, this does nothing.
+    """
+    device_type = torch.device(device).type
+    if not torch.is_autocast_enabled(device_type) or torch.is_autocast_cache_enabled():
+        yield
+        return
+    with torch.autocast(device_type, dtype=torch.get_autocast_dtype(device_type), cache_enabled=True):
+        try:
+            yield
+        finally:
+            torch.clear_autocast_cache()  # never reused after this block (an optimizer step may follow)

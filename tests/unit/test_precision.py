@@ -60,3 +60,62 @@ def test_cpu_trainer_config_defaults_to_auto(tmp_path):
     cfg = compose([f"run_dir={tmp_path}"])
     assert cfg.trainer.precision == "auto"
     assert compose([f"run_dir={tmp_path}", "trainer.precision=32-true"]).trainer.precision == "32-true"
+
+
+# ----------------------------------------------------------------------- cached weight casts in generation
+def _policy(model):
+    import torch
+
+    from feedback_lm.policy import Policy
+
+    torch.manual_seed(0)
+    return Policy.from_config({"preset": model, "tokenizer": "byte"}).train()
+
+
+def _greedy(policy):
+    ids, mask = policy.encode_prompts(["Sort: b a", "Sort the words: c b a d"])
+    return policy.generate(ids, mask, max_new_tokens=6, do_sample=False, stop_at_eos=False, output_logprobs=True)
+
+
+def test_cached_weight_casts_only_inside_an_uncached_autocast_region():
+    import torch
+
+    with precision.cached_weight_casts("cpu"):
+        assert not torch.is_autocast_enabled("cpu")  # no autocast: nothing to cache, nothing turned on
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+        with precision.cached_weight_casts("cpu"):
+            assert torch.is_autocast_cache_enabled()
+            assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+        assert not torch.is_autocast_cache_enabled()
+
+
+@pytest.mark.parametrize("model", ["tiny-gpt2", "tiny-t5"])
+def test_generation_with_cached_casts_is_exact_and_never_stale(model, monkeypatch):
+    import contextlib
+
+    import torch
+
+    import feedback_lm.policy
+
+    policy = _policy(model)
+    # Lightning's bf16 autocast: one region around the whole training step, torch's cast cache off
+    region = lambda: torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False)  # noqa: E731
+    with region():
+        cached = _greedy(policy)
+        with monkeypatch.context() as m:
+            m.setattr(feedback_lm.policy, "cached_weight_casts", lambda device: contextlib.nullcontext())
+            plain = _greedy(policy)
+    assert torch.equal(cached.response_ids, plain.response_ids)
+    assert torch.equal(cached.logprobs, plain.logprobs)  # the same bf16 casts, made once instead of per token
+
+    # an optimizer step between two generations of one region: the second must see the new weights
+    with region():
+        before = _greedy(policy)
+        with torch.no_grad():
+            for p in policy.model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        after = _greedy(policy)
+    with region():
+        fresh = _greedy(policy)
+    assert not torch.equal(before.logprobs, after.logprobs)
+    assert torch.equal(after.logprobs, fresh.logprobs)
