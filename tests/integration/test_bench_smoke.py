@@ -56,3 +56,13 @@ def test_bench_rm_plain_loop_autocasts_on_the_run_device(monkeypatch):
     rows = bench_rm.make_comparison_rows(4, 2, bench_rm.PROMPT_LEN, bench_rm.RESPONSE_LEN, 0)
     result = bench_rm.run_plain(args, rows)
     assert seen == ["cpu"] and result["measured_steps"] == 1  # it ran "cuda" on CPU runs: fp32 unnoticed
+
+
+def test_bench_generation_alternates_cached_and_plain(tmp_path, capsys):
+    import bench_generation
+
+    out = tmp_path / "gen.json"
+    bench_generation.main(["--family", "gpt2", "--rounds", "1", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["same_tokens"] is True  # the cache changes the speed, not the samples
+    assert set(result["variants"]) == {"plain", "cached"}
