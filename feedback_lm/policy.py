@@ -250,9 +250,9 @@ class Policy(nn.Module):
         if not do_sample:
             temperature, top_k, top_p = 1.0, 0, 1.0
         if fast and top_k == 0 and top_p >= 1.0 and self.fsdp_root is None:
-            with cached_weight_casts(prompt_ids.device):
-                return self._fast_generate(prompt_ids, prompt_mask, max_new_tokens, temperature, not do_sample,
-                                           num_return_sequences, output_logprobs, stop_at_eos)
+            # no cached casts here: its CUDA-graph decode step must not hold a cast that is freed on exit
+            return self._fast_generate(prompt_ids, prompt_mask, max_new_tokens, temperature, not do_sample,
+                                       num_return_sequences, output_logprobs, stop_at_eos)
         gen_kwargs = dict(
             input_ids=prompt_ids, attention_mask=prompt_mask.long(), max_new_tokens=max_new_tokens,
             do_sample=do_sample, num_return_sequences=num_return_sequences,
