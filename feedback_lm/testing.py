@@ -203,6 +203,32 @@ def _build(cfg, max_steps: int, callbacks: list, tmp: Path):
     return module, datamodule, trainer
 
 
+def fit_one_iteration(cfg, precision: str = "bf16-mixed") -> dict[str, float]:
+    """One training step (one online iteration) of ``cfg``'s plugin on its data, under ``precision``, with
+    no logger, checkpoint or validation. Returns the step's logged metrics plus ``prompt_lengths``, the
+    number of distinct prompt lengths in the batch (tests of padding need it above 1)."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    L.seed_everything(0, verbose=False)
+    module = instantiate(cfg.algo, _convert_="all")
+    datamodule = instantiate(cfg.data, _convert_="all")
+    seen: dict[str, float] = {}
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen["prompt_lengths"] = len({len(p) for p in batch["prompt"]})
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision, max_steps=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[Probe()])
+    trainer.fit(module, datamodule=datamodule)
+    return seen
+
+
 def _check_learns(algo, learns: Learns, overrides, config_dir, tmp: Path) -> dict[str, float]:
     cfg = _compose_for(algo, learns.model, [*overrides, *learns.overrides], config_dir, tmp)
     module, datamodule, trainer = _build(cfg, learns.steps, [], tmp)

@@ -9,13 +9,11 @@ minibatches keep the rollout's layout (``sample_and_score(minibatch_size=...)``,
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
-from hydra.utils import instantiate
 
 import plugins.grpo
 import plugins.rloo
-from feedback_lm.testing import QUICK, compose
+from feedback_lm.testing import QUICK, compose, fit_one_iteration
 
 TOY_REWARD = ["~reward", "+reward._target_=feedback_lm.rewards.LengthReward"]
 CASES = {  # algo: (overrides, module, loss function, which arguments are (current, old) log-probs)
@@ -40,19 +38,7 @@ def test_update_logprobs_equal_rollout_logprobs_under_cpu_bf16(algo, model, tmp_
         return loss_fn(*args, **kwargs)
 
     monkeypatch.setattr(plugin, loss_name, probe)
-    L.seed_everything(0, verbose=False)
-    module = instantiate(cfg.algo, _convert_="all")
-    datamodule = instantiate(cfg.data, _convert_="all")
-    seen: dict[str, int] = {}
-
-    class Probe(L.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            seen["prompt_lengths"] = len({len(p) for p in batch["prompt"]})
-
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision="bf16-mixed", max_steps=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[Probe()])
-    trainer.fit(module, datamodule=datamodule)
+    seen = fit_one_iteration(cfg, precision="bf16-mixed")
     assert seen["prompt_lengths"] > 1, "the batch must need padding for this test to mean anything"
     assert len(diffs) == 8  # 16 episodes in minibatches of 4, two passes
     assert max(diffs) == 0.0, f"update log-probs differ from the rollout's by up to {max(diffs):.2e}"

@@ -8,11 +8,9 @@ re-padding the ratio at step 0 was measured up to 1.03 on these models.
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
-from hydra.utils import instantiate
 
-from feedback_lm.testing import QUICK, compose
+from feedback_lm.testing import QUICK, compose, fit_one_iteration
 
 TOY_REWARD = ["~reward", "+reward._target_=feedback_lm.rewards.LengthReward"]
 
@@ -23,22 +21,7 @@ def test_ratio_is_one_at_step_zero_under_cpu_bf16_autocast(model, tmp_path):
     cfg = compose(["algo=ppo", f"model={model}", f"run_dir={tmp_path}", *QUICK, *TOY_REWARD,
                    "data.batch_size=16", "algo.minibatch_size=4", "algo.ppo_epochs=2", "algo.lr=0.0",
                    "algo.max_new_tokens=12", "algo.eval_max_new_tokens=4"])
-    L.seed_everything(0, verbose=False)
-    module = instantiate(cfg.algo, _convert_="all")
-    datamodule = instantiate(cfg.data, _convert_="all")
-    seen: dict[str, float] = {}
-
-    class Probe(L.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            seen["prompt_lengths"] = len({len(p) for p in batch["prompt"]})
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            seen.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision="bf16-mixed", max_steps=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[Probe()])
-    trainer.fit(module, datamodule=datamodule)
+    seen = fit_one_iteration(cfg, precision="bf16-mixed")
     assert seen["prompt_lengths"] > 1, "the batch must need padding for this test to mean anything"
     assert seen["ppo/minibatches"] == 8.0
     assert abs(seen["ppo/ratio"] - 1.0) < 1e-3
