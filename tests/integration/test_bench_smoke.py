@@ -66,3 +66,19 @@ def test_bench_generation_alternates_cached_and_plain(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["same_tokens"] is True  # the cache changes the speed, not the samples
     assert set(result["variants"]) == {"plain", "cached"}
+
+
+@pytest.mark.slow
+def test_bench_default_times_two_trees_and_reads_their_metrics(tmp_path):
+    import bench_default
+
+    root = BENCH.parent
+    summary = bench_default.main(["--before", str(root), "--rounds", "1", "--threads", "1", "--out", str(tmp_path / "runs"),
+                                  "--json", str(tmp_path / "default.json"), "--", "trainer.max_steps=2",
+                                  "trainer.val_check_interval=1", "data.num_train=16", "data.num_val=4",
+                                  "data.eval_batch_size=4", "algo.max_new_tokens=4", "save_model=false"])
+    (row,) = summary["rounds"]
+    for arm in ("now", "before"):
+        assert row[arm]["wall_s"] > 0 and 0 <= row[arm]["accuracy"] <= 1 and row[arm]["before_accuracy"] is not None
+        assert (tmp_path / "runs" / f"{arm}0" / "metrics.json").is_file()
+    assert json.loads((tmp_path / "default.json").read_text())["median_ratio"] == row["ratio"]

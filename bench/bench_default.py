@@ -1,0 +1,104 @@
+"""The embedded default, whole command: ``python train.py`` of two code trees, alternated.
+
+Times the whole command (start-up, the before/after evaluations, training, writing the model) the way a
+user meets it, and reads the held-out exact match each run reached from its ``metrics.json``. Runs
+alternate (now, before, now, before, ...) so that this machine's drift falls on both arms alike.
+
+    git worktree add /tmp/before <commit>          # the code to compare against
+    python bench/bench_default.py --before /tmp/before --rounds 2 --threads 2 --json bench/results/default.json
+    python bench/bench_default.py --before /tmp/before --threads 1 --side-by-side   # 1 thread each, pinned
+
+``--side-by-side`` runs the two arms at the same time, one pinned core each, and swaps the cores every round.
+Extra arguments after ``--`` go to both ``train.py`` commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def command(tree: Path, run_dir: Path, extra: list[str]) -> list[str]:
+    return [sys.executable, str(tree / "train.py"), f"hydra.run.dir={run_dir}", *extra]
+
+
+def environment(threads: int, tree: Path) -> dict[str, str]:
+    # The script's own directory comes first on sys.path, so each tree imports its own feedback_lm and plugins.
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONPATH=str(tree))
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env
+
+
+def start(tree: Path, run_dir: Path, threads: int, extra: list[str], core: int | None) -> tuple[subprocess.Popen, float]:
+    cmd = command(tree, run_dir, extra)
+    if core is not None:
+        cmd = ["taskset", "-c", str(core), *cmd]
+    log = open(run_dir.with_suffix(".log"), "w")
+    return subprocess.Popen(cmd, cwd=tree, env=environment(threads, tree), stdout=log, stderr=subprocess.STDOUT), time.perf_counter()
+
+
+def result(run_dir: Path, seconds: float, returncode: int) -> dict:
+    if returncode != 0:
+        raise SystemExit(f"train.py failed in {run_dir} (exit {returncode}); see {run_dir.with_suffix('.log')}")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {"wall_s": round(seconds, 1), "fit_s": round(metrics.get("time/fit_seconds", float("nan")), 1),
+            "accuracy": metrics.get("val/accuracy"), "before_accuracy": metrics.get("before/val/accuracy")}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--before", required=True, type=Path, help="a checkout of the code to compare against")
+    p.add_argument("--now", type=Path, default=ROOT, help="the code measured (default: this checkout)")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--side-by-side", action="store_true", help="both arms at once, one pinned core each")
+    p.add_argument("--json", type=Path)
+    p.add_argument("--out", type=Path, help="where the run directories go (default: a new temporary directory)")
+    p.add_argument("extra", nargs="*", help="arguments for both train.py commands (after --)")
+    args = p.parse_args(argv)
+    trees = {"now": args.now.resolve(), "before": args.before.resolve()}
+    for name, tree in trees.items():
+        if not (tree / "train.py").is_file():
+            raise SystemExit(f"--{name} {tree}: no train.py there (give a checkout of this project)")
+    out = args.out or Path(tempfile.mkdtemp(prefix="bench_default_"))
+    out.mkdir(parents=True, exist_ok=True)
+    rounds = []
+    for r in range(args.rounds):
+        row = {}
+        if args.side_by_side:
+            cores = (0, 1) if r % 2 == 0 else (1, 0)
+            procs = {name: start(tree, out / f"{name}{r}", args.threads, args.extra, core)
+                     for (name, tree), core in zip(trees.items(), cores)}
+            for name, (proc, t0) in procs.items():
+                proc.wait()
+                row[name] = result(out / f"{name}{r}", time.perf_counter() - t0, proc.returncode)
+            row["cores"] = {"now": cores[0], "before": cores[1]}
+        else:
+            for name, tree in trees.items():
+                proc, t0 = start(tree, out / f"{name}{r}", args.threads, args.extra, None)
+                proc.wait()
+                row[name] = result(out / f"{name}{r}", time.perf_counter() - t0, proc.returncode)
+        row["ratio"] = round(row["before"]["wall_s"] / row["now"]["wall_s"], 2)
+        rounds.append(row)
+        print(f"round {r + 1}: now {row['now']['wall_s']} s ({row['now']['accuracy']:.1%}), "
+              f"before {row['before']['wall_s']} s ({row['before']['accuracy']:.1%}): {row['ratio']}x", flush=True)
+    summary = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": args.threads,
+               "side_by_side": args.side_by_side, "before": str(trees["before"]), "extra": args.extra,
+               "rounds": rounds, "median_ratio": statistics.median(r["ratio"] for r in rounds), "runs": str(out)}
+    print(json.dumps(summary, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
