@@ -27,7 +27,9 @@ import math
 import os
 import re
 import shutil
+import socket
 import tempfile
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -201,7 +203,7 @@ def load_tokenizer(cfg: ModelConfig):
         return ByT5Tokenizer()
     source = cfg.tokenizer or pretrained_source(cfg)
     try:
-        tok = AutoTokenizer.from_pretrained(source)
+        tok = AutoTokenizer.from_pretrained(source, **offline_if_unreachable(source))
     except (OSError, ValueError) as e:
         raise UserError(_not_found_message(source, "tokenizer", e)) from None
     if tok.pad_token_id is None:  # GPT-2 has no pad token; reuse EOS (masks keep it out of losses).
@@ -209,12 +211,44 @@ def load_tokenizer(cfg: ModelConfig):
     return tok
 
 
+def _is_local(source: str) -> bool:
+    return os.path.isdir(os.path.expanduser(source)) or source.startswith(("/", ".", "~"))
+
+
+@lru_cache(maxsize=None)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hugging Face endpoint (``HF_ENDPOINT``) opens within ``timeout``
+    seconds. Behind a proxy (``HTTPS_PROXY``/``ALL_PROXY``) the direct probe says nothing, so it answers True
+    and leaves the judgement to huggingface_hub."""
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    from huggingface_hub import constants
+
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def offline_if_unreachable(source: str) -> dict[str, bool]:
+    """``from_pretrained`` keyword arguments for ``source``: ``local_files_only=True`` for a hub name when the
+    hub cannot be reached, so that a model in the local cache still loads and one that is not fails at once,
+    instead of after huggingface_hub's retries (~45 s for a tokenizer)."""
+    if _is_local(source) or hub_reachable():
+        return {}
+    return {"local_files_only": True}
+
+
 def _not_found_message(source: str, what: str, err: Exception) -> str:
-    local = os.path.isdir(source) or source.startswith(("/", ".", "~"))
-    if local:
+    if _is_local(source):
         return (f"could not load the {what} from '{source}': {err}. The directory must hold a Hugging Face "
                 f"model saved with save_pretrained (config.json, weights, tokenizer files).")
-    return (f"could not load the {what} '{source}' (no access to the Hugging Face hub, or the name is wrong). "
+    why = ("the Hugging Face hub cannot be reached from here and it is not in the local cache"
+           if not hub_reachable() else "no access to the Hugging Face hub, or the name is wrong")
+    return (f"could not load the {what} '{source}' ({why}). "
             f"Download it on a machine with internet (`huggingface-cli download {source} --local-dir DIR`) "
             f"and run with model.name_or_path=DIR, or set HF_HOME to a cache that already holds it.")
 
@@ -403,7 +437,7 @@ def load_model(cfg: ModelConfig, tokenizer) -> nn.Module:
         source = pretrained_source(cfg)
         base = lora_base(source) or source
         try:
-            hf_config = AutoConfig.from_pretrained(base)
+            hf_config = AutoConfig.from_pretrained(base, **offline_if_unreachable(base))
         except (OSError, ValueError) as e:
             raise UserError(_not_found_message(base, "model", e)) from None
         _apply_dropout(hf_config, cfg.dropout)
@@ -412,7 +446,9 @@ def load_model(cfg: ModelConfig, tokenizer) -> nn.Module:
         cls = AutoModelForSeq2SeqLM if hf_config.is_encoder_decoder else AutoModelForCausalLM
         dtype = getattr(torch, cfg.dtype)
         try:
-            model = cls.from_pretrained(base, config=hf_config, dtype=dtype, **kernel)
+            offline = offline_if_unreachable(base)  # the adapter lookup takes its own (transformers 5)
+            model = cls.from_pretrained(base, config=hf_config, dtype=dtype, **kernel, **offline,
+                                        adapter_kwargs=dict(offline))
         except SafetensorError as e:  # a truncated or corrupt weights file
             raise UserError(f"the weights in {base} (model.name_or_path) are corrupt: {e}. Save the "
                             f"model again (or download it again) into that directory") from None
