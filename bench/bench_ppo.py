@@ -148,6 +148,7 @@ def run_ours(args) -> dict:
     from torch.utils.data import DataLoader
 
     from feedback_lm.data.datamodule import TextDataset, collate_text
+    from feedback_lm.malloc import keep_freed_memory
     from feedback_lm.precision import resolve_precision
     from feedback_lm.testing import compose
 
@@ -182,6 +183,8 @@ def run_ours(args) -> dict:
     L.seed_everything(args.seed, verbose=False)
     module = instantiate(cfg.algo, _convert_="all")
     precision = resolve_precision(cfg.trainer)
+    if cfg.malloc_keep_freed:  # as train.py's run() does
+        keep_freed_memory()
     trainer = instantiate(cfg.trainer, _convert_="all", logger=False, enable_checkpointing=False,
                           callbacks=[Clock()])
     trainer.fit(module, train_dataloaders=loader)

@@ -149,7 +149,10 @@ def run_ours(args, rows: list[dict]) -> dict:
     import lightning as L
     import torch
 
+    from feedback_lm.malloc import keep_freed_memory
+
     cuda = args.device == "cuda"
+    keep_freed_memory()  # as train.py's run() does (conf/train.yaml malloc_keep_freed)
     clock = StepClock(cuda)
     counter: list[SequenceCounter] = []
 

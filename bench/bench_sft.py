@@ -159,9 +159,11 @@ def run_ours(args, cfg: dict, rows: list[dict]) -> dict:
     import lightning as L
     import torch
 
+    from feedback_lm.malloc import keep_freed_memory
     from plugins.sft import SFT
 
     cuda = args.device == "cuda"
+    keep_freed_memory()  # as train.py's run() does (conf/train.yaml malloc_keep_freed)
     clock = StepClock(cuda)
 
     class Clock(L.Callback):

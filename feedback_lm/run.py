@@ -38,6 +38,7 @@ from feedback_lm.checkpoint import (
 )
 from feedback_lm.checks import check_config, check_data_kind, check_dir_creatable, check_experiment
 from feedback_lm.errors import UserError
+from feedback_lm.malloc import keep_freed_memory
 from feedback_lm.precision import resolve_precision
 
 
@@ -68,6 +69,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_dir_creatable(run_dir, "run_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.get("malloc_keep_freed", True):
+        keep_freed_memory()  # glibc reuses freed activation memory instead of faulting fresh pages in
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
