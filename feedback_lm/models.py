@@ -237,8 +237,10 @@ def offline_if_unreachable(source: str) -> dict[str, bool]:
     """``from_pretrained`` keyword arguments for ``source``: ``local_files_only=True`` for a hub name when the
     hub cannot be reached, so that a model in the local cache still loads and one that is not fails at once,
     instead of after huggingface_hub's retries (~45 s for a tokenizer)."""
-    if _is_local(source) or hub_reachable():
-        return {}
+    from huggingface_hub import constants
+
+    if _is_local(source) or constants.HF_HUB_OFFLINE or hub_reachable():
+        return {}  # HF_HUB_OFFLINE=1: the hub client is offline already, no probe needed
     return {"local_files_only": True}
 
 

@@ -17,6 +17,7 @@ def endpoint(monkeypatch):
 
     for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 
     def point(url: str) -> None:
         monkeypatch.setattr(constants, "ENDPOINT", url)
@@ -43,6 +44,15 @@ def test_probe_sees_a_listening_endpoint_and_a_closed_one(endpoint):
     assert not models.hub_reachable()
     assert models.offline_if_unreachable("acme/model") == {"local_files_only": True}
     assert models.offline_if_unreachable("./runs/x/model") == {}  # a directory is never looked up online
+
+
+def test_hf_hub_offline_needs_no_probe(endpoint, monkeypatch):
+    from huggingface_hub import constants
+
+    endpoint(f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # HF_HUB_OFFLINE=1: the client is offline itself
+    monkeypatch.setattr(models.socket, "create_connection", lambda *a, **k: pytest.fail("probed the hub"))
+    assert models.offline_if_unreachable("acme/model") == {}
 
 
 def test_a_proxy_leaves_the_judgement_to_huggingface_hub(endpoint, monkeypatch):
