@@ -42,6 +42,7 @@ import torch
 from feedback_lm import evaluation as ev
 from feedback_lm.checkpoint import write_json_atomic
 from feedback_lm.errors import UserError
+from feedback_lm.malloc import keep_freed_memory
 from feedback_lm.models import TINY_PRESETS
 
 __all__ = ["build_parser", "evaluate", "format_estimate", "load_prompt_set", "main", "resolve_run"]
@@ -431,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # as a training run does: generation 1.06x faster without the page faults (docs/speed.md)
     try:
         difficulty = json.loads(args.difficulty) if args.difficulty else None
     except json.JSONDecodeError as err:
