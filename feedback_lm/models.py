@@ -249,7 +249,7 @@ def _not_found_message(source: str, what: str, err: Exception) -> str:
         return (f"could not load the {what} from '{source}': {err}. The directory must hold a Hugging Face "
                 f"model saved with save_pretrained (config.json, weights, tokenizer files).")
     why = ("the Hugging Face hub cannot be reached from here and it is not in the local cache"
-           if not hub_reachable() else "no access to the Hugging Face hub, or the name is wrong")
+           if offline_if_unreachable(source) else "no access to the Hugging Face hub, or the name is wrong")
     return (f"could not load the {what} '{source}' ({why}). "
             f"Download it on a machine with internet (`huggingface-cli download {source} --local-dir DIR`) "
             f"and run with model.name_or_path=DIR, or set HF_HOME to a cache that already holds it.")
@@ -438,8 +438,9 @@ def load_model(cfg: ModelConfig, tokenizer) -> nn.Module:
     else:
         source = pretrained_source(cfg)
         base = lora_base(source) or source
+        offline = offline_if_unreachable(base)
         try:
-            hf_config = AutoConfig.from_pretrained(base, **offline_if_unreachable(base))
+            hf_config = AutoConfig.from_pretrained(base, **offline)
         except (OSError, ValueError) as e:
             raise UserError(_not_found_message(base, "model", e)) from None
         _apply_dropout(hf_config, cfg.dropout)
@@ -448,9 +449,8 @@ def load_model(cfg: ModelConfig, tokenizer) -> nn.Module:
         cls = AutoModelForSeq2SeqLM if hf_config.is_encoder_decoder else AutoModelForCausalLM
         dtype = getattr(torch, cfg.dtype)
         try:
-            offline = offline_if_unreachable(base)  # the adapter lookup takes its own (transformers 5)
             model = cls.from_pretrained(base, config=hf_config, dtype=dtype, **kernel, **offline,
-                                        adapter_kwargs=dict(offline))
+                                        adapter_kwargs=dict(offline))  # transformers 5's adapter lookup needs its own
         except SafetensorError as e:  # a truncated or corrupt weights file
             raise UserError(f"the weights in {base} (model.name_or_path) are corrupt: {e}. Save the "
                             f"model again (or download it again) into that directory") from None
