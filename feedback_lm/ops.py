@@ -24,6 +24,7 @@ __all__ = [
     "masked_var",
     "masked_whiten",
     "response_mask",
+    "sample_categorical",
     "seq_logprob",
     "seq_logprob_mean",
     "sequence_kl",
@@ -57,6 +58,43 @@ def gather_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) ->
     z = logits.float() / temperature
     picked = z.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)
     return picked - torch.logsumexp(z, dim=-1)
+
+
+def sample_categorical(logits: Tensor, generator: torch.Generator | None = None,
+                       chunk_elements: int = 1 << 20) -> Tensor:
+    """One exact draw per row from ``softmax(logits)``, by inverting the row's cumulative distribution.
+
+    ``torch.multinomial`` draws one exponential variate per vocabulary entry (an exponential race), which
+    on the CPU costs ~16 ns an entry: 52 ms a token for 64 rows of a 49k vocabulary, half of SmolLM2-135M's
+    sampling step. Here one uniform per row is compared against the fp64 running sum of the fp32
+    probabilities (``searchsorted``), 13x faster there and exact to fp64 rounding. Rows are processed in
+    chunks of about ``chunk_elements`` entries so that the running sums stay in cache.
+
+    Entries at ``-inf`` (masked by top-k / top-p) have probability 0 and are never drawn: with
+    ``right=True`` the search returns the first index whose running sum EXCEEDS the uniform, and a
+    zero-probability entry never raises the sum. The uniform is ``r * total`` with ``r < 1`` in fp64, so
+    it stays below the row's total and the index below ``V``.
+
+    Args:
+        logits: ``[B, V]`` (any float dtype; the softmax is taken in fp32).
+        generator: optional ``torch.Generator`` for the uniforms.
+        chunk_elements: rows per chunk = ``max(1, chunk_elements // V)``.
+
+    Returns:
+        ``[B]`` long token ids.
+    """
+    B, V = logits.shape
+    acc = torch.float32 if logits.device.type == "mps" else torch.float64  # MPS has no fp64
+    rows = max(1, chunk_elements // max(V, 1))
+    out = []
+    for s in range(0, B, rows):
+        cdf = torch.softmax(logits[s: s + rows].float(), dim=-1).cumsum(-1, dtype=acc)
+        if not bool(torch.isfinite(cdf[:, -1]).all()):
+            raise FloatingPointError("sampling from logits that are NaN, or -inf everywhere in a row: the model "
+                                     "has diverged (try a lower learning rate, or trainer.precision=32-true)")
+        u = torch.rand(cdf.shape[0], 1, dtype=acc, device=cdf.device, generator=generator) * cdf[:, -1:]
+        out.append(torch.searchsorted(cdf, u, right=True).squeeze(-1))
+    return torch.cat(out)
 
 
 def entropy_from_logits(logits: Tensor) -> Tensor:

@@ -22,6 +22,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers import (LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
+                          TopPLogitsWarper)
+from transformers.modeling_outputs import BaseModelOutput
 
 from feedback_lm import ops
 from feedback_lm.errors import UserError
@@ -253,20 +256,28 @@ class Policy(nn.Module):
             # no cached casts here: its CUDA-graph decode step must not hold a cast that is freed on exit
             return self._fast_generate(prompt_ids, prompt_mask, max_new_tokens, temperature, not do_sample,
                                        num_return_sequences, output_logprobs, stop_at_eos)
+        n = num_return_sequences
+        sampler = _InverseCdfSampler(temperature, top_k, top_p, record=output_logprobs) if do_sample else None
         gen_kwargs = dict(
-            input_ids=prompt_ids, attention_mask=prompt_mask.long(), max_new_tokens=max_new_tokens,
-            do_sample=do_sample, num_return_sequences=num_return_sequences,
+            attention_mask=prompt_mask.long(), max_new_tokens=max_new_tokens,
             pad_token_id=self.pad_token_id, eos_token_id=self.eos_token_id if stop_at_eos else None,
-            return_dict_in_generate=True, output_scores=output_logprobs,
+            return_dict_in_generate=True, output_scores=output_logprobs and sampler is None,
+            # HF's argmax over the sampler's output is the draw: do_sample=False
+            do_sample=False, logits_processor=LogitsProcessorList([sampler] if sampler else []),
         )
-        if do_sample:
-            gen_kwargs.update(temperature=temperature, top_k=top_k, top_p=top_p)
         was_training = self.model.training
         self.model.eval()  # no dropout while sampling (docs/algorithms.md §0.5)
         try:
             with _full_params_for_generation(self.model, self.fsdp_root) as synced, \
                     cached_weight_casts(prompt_ids.device):  # one bf16 cast per weight, not one per token
-                out = self.model.generate(**gen_kwargs, synced_gpus=synced)
+                if n > 1:  # rows prompt-major; HF's greedy mode takes one sequence per row
+                    gen_kwargs["attention_mask"] = gen_kwargs["attention_mask"].repeat_interleave(n, 0)
+                    if self.is_encoder_decoder:  # the encoder once per prompt, as HF's own sampling does
+                        enc = self.model.get_encoder()(input_ids=prompt_ids, attention_mask=prompt_mask.long())
+                        gen_kwargs["encoder_outputs"] = BaseModelOutput(
+                            last_hidden_state=enc.last_hidden_state.repeat_interleave(n, 0))
+                    prompt_ids = prompt_ids.repeat_interleave(n, 0)
+                out = self.model.generate(input_ids=prompt_ids, **gen_kwargs, synced_gpus=synced)
         finally:
             self.model.train(was_training)
         seq = out.sequences
@@ -280,8 +291,13 @@ class Policy(nn.Module):
             mask = torch.ones_like(new, dtype=torch.bool)
         logprobs = None
         if output_logprobs:
-            scores = torch.stack(out.scores, dim=1)[:, : new.shape[1]].float()  # [B,R,V] processed logits
-            logprobs = ops.gather_logprobs(scores, new) * mask
+            if sampler is not None:  # the draws' log-probs, recorded by the sampler
+                logprobs = torch.stack(sampler.logprobs, dim=1)[:, : new.shape[1]] if sampler.logprobs \
+                    else torch.zeros(new.shape, dtype=torch.float32, device=new.device)
+                logprobs = logprobs * mask
+            else:
+                scores = torch.stack(out.scores, dim=1)[:, : new.shape[1]].float()  # [B,R,V] greedy logits
+                logprobs = ops.gather_logprobs(scores, new) * mask
         return Generation(new, mask, logprobs)
 
     def _fast_generate(self, prompt_ids, prompt_mask, max_new_tokens, temperature, greedy, n, output_logprobs,
@@ -363,3 +379,32 @@ def _full_params_for_generation(model: nn.Module, root: nn.Module | None = None)
 
     with FSDP.summon_full_params(target, writeback=False, recurse=True):
         yield dist.is_initialized() and dist.get_world_size() > 1
+
+
+class _InverseCdfSampler(LogitsProcessor):
+    """The last logits processor of sampled generation: Hugging Face's temperature, top-k and top-p
+    warpers (in the order of its own sampling mode), then one draw per row with
+    :func:`feedback_lm.ops.sample_categorical`, returned as ``+inf`` at the drawn token so that
+    ``generate``'s greedy argmax takes it. The same distribution as ``do_sample=True``, without
+    ``torch.multinomial``'s exponential variate per vocabulary entry (docs/speed.md, "Sampling").
+
+    With ``record=True`` it keeps the log-prob of each draw under the warped distribution (fp32), as
+    ``output_scores`` would give it.
+    """
+
+    def __init__(self, temperature: float, top_k: int, top_p: float, record: bool = False):
+        self.warpers = LogitsProcessorList()
+        if temperature != 1.0:
+            self.warpers.append(TemperatureLogitsWarper(temperature))
+        if top_k:
+            self.warpers.append(TopKLogitsWarper(top_k))
+        if top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p))
+        self.logprobs: list[torch.Tensor] | None = [] if record else None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = self.warpers(input_ids, scores.float())
+        token = ops.sample_categorical(scores)[:, None]
+        if self.logprobs is not None:
+            self.logprobs.append(ops.gather_logprobs(scores[:, None], token)[:, 0])
+        return scores.scatter(-1, token, float("inf"))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from transformers import ByT5Tokenizer
+from transformers import ByT5Tokenizer, TopKLogitsWarper, TopPLogitsWarper
 
 from feedback_lm import ops
 from feedback_lm.policy import Policy, pad_sequences
@@ -144,3 +144,73 @@ def test_policy_from_pretrained_directory(tmp_path):
     loaded = Policy.from_config({"name": "local", "name_or_path": str(tmp_path)})
     enc = src.encode_batch(PROMPTS, RESPONSES)
     torch.testing.assert_close(loaded.logprobs(**enc), src.logprobs(**enc))
+
+
+# --------------------------------------------------------------------------------- sampled generation
+def test_sample_categorical_draws_from_softmax_and_never_a_masked_entry():
+    """ops.sample_categorical (inverse CDF, fp64 running sums): frequencies match softmax(logits) within
+    4 standard errors, a -inf entry is never drawn, and chunking the rows changes no draw."""
+    logits = torch.tensor([[0.0, 1.0, 2.0, float("-inf"), -1.0, 0.5]]).repeat(40000, 1)
+    g = torch.Generator().manual_seed(0)
+    token = ops.sample_categorical(logits, generator=g)
+    p = torch.softmax(logits[0], -1)
+    freq = torch.bincount(token, minlength=6).double() / len(token)
+    se = (p.double() * (1 - p.double()) / len(token)).sqrt()
+    assert bool(((freq - p.double()).abs() <= 4 * se + 1e-12).all()), (freq, p)
+    assert freq[3] == 0
+    again = ops.sample_categorical(logits, generator=torch.Generator().manual_seed(0), chunk_elements=600)
+    assert torch.equal(again, token)
+
+
+def test_sample_categorical_edges():
+    one_hot = torch.full((5, 7), float("-inf"))
+    one_hot[:, 4] = 3.0
+    assert ops.sample_categorical(one_hot).tolist() == [4] * 5
+    with pytest.raises(FloatingPointError, match="diverged"):
+        ops.sample_categorical(torch.tensor([[0.0, float("nan")]]))
+
+
+@pytest.mark.parametrize("preset", ["tiny-gpt2", "tiny-t5"])
+def test_sampled_first_tokens_follow_the_model_distribution(preset):
+    """Plain generate's sampler (warpers + inverse-CDF draw, taken by HF's argmax) samples the first new
+    token from softmax(logits / τ) of the forward pass, with top-k applied as Hugging Face applies it."""
+    torch.manual_seed(0)
+    policy = tiny_policy(preset)
+    with torch.no_grad():  # a peaked distribution (top token ~0.85 / 0.5 at τ=0.8, ~0.57 / 0.26 at τ=1)
+        policy.model.get_output_embeddings().weight.mul_({"tiny-gpt2": 3.0, "tiny-t5": 1.3}[preset])
+    ids, mask = policy.encode_prompts(["Q: x\nA:"])
+    n, tau = 6000, 0.8
+    probe = policy.encode_batch(["Q: x\nA:"], [" "])
+    with torch.no_grad():
+        logits = policy(**probe).logits[0, 0].float() / tau
+    for top_k, top_p in ((0, 1.0), (3, 1.0), (0, 0.6)):
+        torch.manual_seed(1)
+        gen = policy.generate(ids, mask, max_new_tokens=1, temperature=tau, top_k=top_k, top_p=top_p,
+                              num_return_sequences=n, stop_at_eos=False)
+        assert gen.response_ids.shape == (n, 1)
+        z = logits.clone()[None]
+        if top_k:
+            z = TopKLogitsWarper(top_k)(None, z)
+        if top_p < 1:
+            z = TopPLogitsWarper(top_p)(None, z)
+        p = torch.softmax(z[0], -1).double()
+        freq = torch.bincount(gen.response_ids[:, 0], minlength=p.numel()).double() / n
+        se = (p * (1 - p) / n).sqrt()
+        assert bool(((freq - p).abs() <= 4.5 * se + 2 / n).all()), (top_k, top_p, (freq - p).abs().max())
+        assert bool((freq[p == 0] == 0).all())  # nothing outside the top-k / top-p set
+
+
+@pytest.mark.parametrize("preset", ["tiny-gpt2", "tiny-t5"])
+def test_several_samples_per_prompt_are_prompt_major(preset):
+    """num_return_sequences=n: rows come out prompt-major; with top_k=1 every row is its prompt's greedy
+    answer (T5 runs its encoder once per prompt and repeats the states)."""
+    policy = tiny_policy(preset)
+    ids, mask = policy.encode_prompts(PROMPTS)
+    greedy = policy.generate(ids, mask, max_new_tokens=6, do_sample=False, stop_at_eos=False)
+    torch.manual_seed(0)
+    many = policy.generate(ids, mask, max_new_tokens=6, top_k=1, num_return_sequences=3, stop_at_eos=False,
+                           output_logprobs=True)
+    assert torch.equal(many.response_ids, greedy.response_ids.repeat_interleave(3, 0))
+    lp = policy.logprobs(ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0), many.response_ids,
+                         many.response_mask)
+    assert torch.equal(many.logprobs, torch.zeros_like(lp))  # top-1: the draw has probability 1
