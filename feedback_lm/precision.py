@@ -87,7 +87,7 @@ def resolve_precision(trainer_cfg: MutableMapping) -> str:
 
 
 @contextlib.contextmanager
-def cached_weight_casts(device: torch.device | str) -> Iterator[None]:
+def cached_weight_casts(device: torch.device | str, module: torch.nn.Module | None = None) -> Iterator[None]:
     """Inside an autocast region, cast each fp32 weight to the autocast dtype once for the whole block
     instead of at every forward; the cache is cleared on the way out.
 
@@ -96,13 +96,25 @@ def cached_weight_casts(device: torch.device | str) -> Iterator[None]:
     one forward per new token and no optimizer step inside, so there the cache is exact and saves one cast
     of every weight per token (sampling 1.1-1.2x faster on the bench models, docs/speed.md). Outside
     autocast, or when the region already caches, this does nothing.
+
+    torch caches only the casts of weights that require gradients. With ``module`` given and gradients
+    off (a no-grad block such as ``generate``), the module's frozen fp32 parameters (a LoRA model's base
+    weights) are marked as requiring gradients for the block so that their casts are cached too, and
+    unmarked on the way out; nothing inside a no-grad block records a graph, so no gradient can reach
+    them.
     """
     device_type = torch.device(device).type
     if not torch.is_autocast_enabled(device_type) or torch.is_autocast_cache_enabled():
         yield
         return
+    frozen = [] if module is None or torch.is_grad_enabled() else [
+        p for p in module.parameters() if not p.requires_grad and p.dtype == torch.float32]
     with torch.autocast(device_type, dtype=torch.get_autocast_dtype(device_type), cache_enabled=True):
         try:
+            for p in frozen:
+                p.requires_grad_(True)
             yield
         finally:
+            for p in frozen:
+                p.requires_grad_(False)
             torch.clear_autocast_cache()  # never reused after this block (an optimizer step may follow)

@@ -65,7 +65,7 @@ def test_bench_generation_alternates_cached_and_plain(tmp_path, capsys):
     bench_generation.main(["--family", "gpt2", "--rounds", "1", "--json", str(out)])
     result = json.loads(out.read_text())
     assert result["same_tokens"] is True  # the cache changes the speed, not the samples
-    assert set(result["variants"]) == {"plain", "cached"}
+    assert set(result["variants"]) == {"plain", "trainable", "cached"}
 
 
 @pytest.mark.slow

@@ -103,7 +103,7 @@ def test_generation_with_cached_casts_is_exact_and_never_stale(model, monkeypatc
     with region():
         cached = _greedy(policy)
         with monkeypatch.context() as m:
-            m.setattr(feedback_lm.policy, "cached_weight_casts", lambda device: contextlib.nullcontext())
+            m.setattr(feedback_lm.policy, "cached_weight_casts", lambda device, module=None: contextlib.nullcontext())
             plain = _greedy(policy)
     assert torch.equal(cached.response_ids, plain.response_ids)
     assert torch.equal(cached.logprobs, plain.logprobs)  # the same bf16 casts, made once instead of per token
@@ -119,3 +119,45 @@ def test_generation_with_cached_casts_is_exact_and_never_stale(model, monkeypatc
         fresh = _greedy(policy)
     assert not torch.equal(before.logprobs, after.logprobs)
     assert torch.equal(after.logprobs, fresh.logprobs)
+
+
+def test_generation_caches_the_casts_of_frozen_lora_base_weights():
+    """torch caches only casts of weights that require gradients; in generation (a no-grad block) a LoRA
+    model's frozen base weights are cast once per call too, with the same tokens, and stay frozen."""
+    import contextlib
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import feedback_lm.policy
+    from tests.conftest import tiny_policy
+
+    policy = tiny_policy("tiny-gpt2", lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": None})
+    frozen = {p.data_ptr() for p in policy.model.parameters() if not p.requires_grad and p.dim() == 2}
+    assert frozen
+
+    class CountCasts(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._to_copy.default and args[0].data_ptr() in frozen:
+                CountCasts.n += 1
+            return func(*args, **(kwargs or {}))
+
+    def run(patched: bool):
+        CountCasts.n = 0
+        with contextlib.ExitStack() as stack:
+            if patched:  # the casts as before: frozen weights not cached
+                stack.enter_context(pytest.MonkeyPatch.context()).setattr(
+                    feedback_lm.policy, "cached_weight_casts",
+                    lambda device, module=None: precision.cached_weight_casts(device))
+            stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False))
+            stack.enter_context(CountCasts())
+            out = _greedy(policy)
+        return out, CountCasts.n
+
+    cached, n_cached = run(False)
+    plain, n_plain = run(True)
+    assert torch.equal(cached.response_ids, plain.response_ids) and torch.equal(cached.logprobs, plain.logprobs)
+    assert 0 < n_cached < n_plain / 3, (n_cached, n_plain)  # once per call, not once per token (6 tokens)
+    assert all(not p.requires_grad for p in policy.model.parameters() if p.data_ptr() in frozen)
