@@ -2,7 +2,8 @@
 
 Times the whole command (start-up, the before/after evaluations, training, writing the model) the way a
 user meets it, and reads the held-out exact match each run reached from its ``metrics.json``. Runs
-alternate (now, before, now, before, ...) so that this machine's drift falls on both arms alike.
+alternate (now, before, before, now, ...: who goes first swaps every round) so that this machine's drift,
+and the slower first run after a pause, fall on both arms alike.
 
     git worktree add /tmp/before <commit>          # the code to compare against
     python bench/bench_default.py --before /tmp/before --rounds 2 --threads 2 --json bench/results/default.json
@@ -25,6 +26,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pct(x: float | None) -> str:
+    return "no held-out accuracy" if x is None else f"{x:.1%}"
 
 
 def command(tree: Path, run_dir: Path, extra: list[str]) -> list[str]:
@@ -83,14 +88,16 @@ def main(argv: list[str] | None = None) -> dict:
                 row[name] = result(out / f"{name}{r}", time.perf_counter() - t0, proc.returncode)
             row["cores"] = {"now": cores[0], "before": cores[1]}
         else:
-            for name, tree in trees.items():
+            order = list(trees.items())  # the first run after a pause runs slower here: swap who goes first
+            for name, tree in order if r % 2 == 0 else order[::-1]:
                 proc, t0 = start(tree, out / f"{name}{r}", args.threads, args.extra, None)
                 proc.wait()
                 row[name] = result(out / f"{name}{r}", time.perf_counter() - t0, proc.returncode)
         row["ratio"] = round(row["before"]["wall_s"] / row["now"]["wall_s"], 2)
         rounds.append(row)
-        print(f"round {r + 1}: now {row['now']['wall_s']} s ({row['now']['accuracy']:.1%}), "
-              f"before {row['before']['wall_s']} s ({row['before']['accuracy']:.1%}): {row['ratio']}x", flush=True)
+        print(f"round {r + 1}: now {row['now']['wall_s']} s ({_pct(row['now']['accuracy'])}, fit "
+              f"{row['now']['fit_s']} s), before {row['before']['wall_s']} s ({_pct(row['before']['accuracy'])}, fit "
+              f"{row['before']['fit_s']} s): {row['ratio']}x", flush=True)
     summary = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": args.threads,
                "side_by_side": args.side_by_side, "before": str(trees["before"]), "extra": args.extra,
                "rounds": rounds, "median_ratio": statistics.median(r["ratio"] for r in rounds), "runs": str(out)}
