@@ -26,11 +26,11 @@ import contextlib
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ppo import FAMILIES, N_PROMPTS, PROMPT_LEN, RESPONSE_LEN, make_prompts  # noqa: E402
+from bench_ppo import N_PROMPTS, PROMPT_LEN, RESPONSE_LEN, make_prompts  # noqa: E402
+from bench_sampler import add_common_args, build_policy, setup  # noqa: E402
 from bench_sft import ROOT, machine_info  # noqa: E402
 
 if str(ROOT) not in sys.path:
@@ -39,21 +39,14 @@ if str(ROOT) not in sys.path:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--family", choices=[*sorted(FAMILIES), "smollm2"], default="t5")
-    p.add_argument("--rows", type=int, default=N_PROMPTS, help="prompts sampled at once")
-    p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", default=None)
+    add_common_args(p, default_rows=N_PROMPTS)
     args = p.parse_args(argv)
 
     import torch
 
     import feedback_lm.policy
-    from bench_sampler import build_policy
-    from feedback_lm.malloc import keep_freed_memory
 
-    keep_freed_memory()  # as train.py's run() does
-    torch.set_num_threads(args.threads)
+    clock = setup(args.threads)
     torch.manual_seed(0)
     policy = build_policy(args.family)
     ids, mask = policy.encode_prompts(make_prompts(args.rows, PROMPT_LEN, 0))
@@ -73,7 +66,6 @@ def main(argv=None) -> None:
     variants = tuple(contexts)
     first = [sample(v).response_ids for v in variants]  # also the warm-up
     same = all(torch.equal(first[0], f) for f in first[1:])
-    clock = time.thread_time if args.threads == 1 else time.perf_counter
     times = {v: [] for v in variants}
     for r in range(args.rounds):
         for v in variants if r % 2 == 0 else variants[::-1]:

@@ -8,13 +8,13 @@ Two measurements, each alternated in ONE process so that this machine's drift hi
   fp64 running sums + searchsorted), for the bench vocabulary (384) and SmolLM2's (49,152);
 * ``generate``: a whole sampled generation (``--rows`` prompts x ``--tokens`` new tokens, fixed length,
   bf16 autocast as Lightning's ``bf16-mixed``, cached weight casts) through ``Policy.generate`` against the
-  same call into Hugging Face's ``generate(do_sample=True)``; ``--model`` is ``t5`` / ``gpt2`` (bench_ppo's
+  same call into Hugging Face's ``generate(do_sample=True)``; ``--family`` is ``t5`` / ``gpt2`` (bench_ppo's
   models) or ``smollm2`` (SmolLM2-135M-Instruct, ``conf/model/smollm2-135m.yaml``).
 
 Reports median thread CPU (``--threads 1``) or wall (more threads) milliseconds per arm.
 
-    python bench/bench_sampler.py --model smollm2 --rows 64 --threads 2 --json bench/results/sampler_smollm2.json
-    python bench/bench_sampler.py --model t5 --json bench/results/sampler_t5.json
+    python bench/bench_sampler.py --family smollm2 --rows 64 --threads 2 --json bench/results/sampler_smollm2.json
+    python bench/bench_sampler.py --family t5 --json bench/results/sampler_t5.json
 """
 
 from __future__ import annotations
@@ -47,6 +47,28 @@ def build_policy(model: str):
     return Policy.from_config(OmegaConf.to_container(cfg.model, resolve=True)).eval()
 
 
+def add_common_args(p: argparse.ArgumentParser, default_rows: int = 64) -> None:
+    """The options bench_sampler and bench_generation share."""
+    p.add_argument("--family", choices=[*sorted(FAMILIES), "smollm2"], default="t5",
+                   help="bench_ppo's T5 / GPT-2, or SmolLM2-135M with the preset's LoRA")
+    p.add_argument("--rows", type=int, default=default_rows, help="sequences sampled at once")
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default=None)
+
+
+def setup(threads: int):
+    """As train.py's run() does (glibc keeps freed memory), ``threads`` torch threads; returns the clock:
+    thread CPU time with one thread, wall time with more."""
+    import torch
+
+    from feedback_lm.malloc import keep_freed_memory
+
+    keep_freed_memory()
+    torch.set_num_threads(threads)
+    return time.thread_time if threads == 1 else time.perf_counter
+
+
 def alternate(arms: dict, rounds: int, clock) -> dict[str, list[float]]:
     """Run each arm once per round, in alternating order; seconds per call by ``clock``."""
     times = {name: [] for name in arms}
@@ -67,25 +89,18 @@ def summary(times: dict[str, list[float]], base: str) -> dict:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=[*sorted(FAMILIES), "smollm2"], default="t5")
-    p.add_argument("--rows", type=int, default=64, help="sequences sampled at once")
+    add_common_args(p)
     p.add_argument("--tokens", type=int, default=32, help="new tokens per sequence")
-    p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
     import torch
 
     from feedback_lm import ops
-    from feedback_lm.malloc import keep_freed_memory
     from feedback_lm.precision import cached_weight_casts
 
-    keep_freed_memory()  # as train.py's run() does
-    torch.set_num_threads(args.threads)
-    clock = time.thread_time if args.threads == 1 else time.perf_counter
+    clock = setup(args.threads)
     result = {"machine": machine_info(argparse.Namespace(device="cpu", threads=args.threads)),
-              "model": args.model, "rows": args.rows, "tokens": args.tokens, "rounds": args.rounds,
+              "family": args.family, "rows": args.rows, "tokens": args.tokens, "rounds": args.rounds,
               "threads": args.threads, "clock": "thread CPU time" if args.threads == 1 else "wall", "draw": {}}
 
     for vocab in (384, 49152):
@@ -100,7 +115,7 @@ def main(argv=None) -> dict:
             f"{k} {v['ms_median']:.2f} ms" for k, v in result["draw"][str(vocab)].items()))
 
     torch.manual_seed(0)
-    policy = build_policy(args.model)
+    policy = build_policy(args.family)
     ids, mask = policy.encode_prompts(make_prompts(args.rows, PROMPT_LEN, 0))
 
     def ours():
@@ -117,7 +132,7 @@ def main(argv=None) -> dict:
     ours(), hf_multinomial()  # warm-up
     times = alternate({"multinomial": hf_multinomial, "inverse_cdf": ours}, args.rounds, clock)
     result["generate"] = summary(times, "multinomial")
-    print(f"generate {args.model}, {args.rows} x {args.tokens} tokens, {args.threads} thread(s): " + ", ".join(
+    print(f"generate {args.family}, {args.rows} x {args.tokens} tokens, {args.threads} thread(s): " + ", ".join(
         f"{k} {v['ms_median']:.0f} ms ({v['speedup']:.2f}x)" for k, v in result["generate"].items()))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))

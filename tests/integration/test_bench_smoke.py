@@ -68,6 +68,17 @@ def test_bench_generation_alternates_cached_and_plain(tmp_path, capsys):
     assert set(result["variants"]) == {"plain", "trainable", "cached"}
 
 
+def test_bench_sampler_times_both_draws(tmp_path):
+    import bench_sampler
+
+    out = tmp_path / "sampler.json"
+    result = bench_sampler.main(["--family", "gpt2", "--rows", "4", "--tokens", "3", "--rounds", "1",
+                                 "--json", str(out)])
+    assert json.loads(out.read_text())["family"] == "gpt2"
+    for part in (result["draw"]["384"], result["draw"]["49152"], result["generate"]):
+        assert set(part) == {"multinomial", "inverse_cdf"} and all(v["ms_median"] > 0 for v in part.values())
+
+
 @pytest.mark.slow
 def test_bench_default_times_two_trees_and_reads_their_metrics(tmp_path):
     import bench_default
