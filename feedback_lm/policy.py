@@ -268,8 +268,10 @@ class Policy(nn.Module):
         was_training = self.model.training
         self.model.eval()  # no dropout while sampling (docs/algorithms.md §0.5)
         try:
+            # one bf16 cast per weight, not one per token; frozen weights too, except under FSDP (flat parameters)
+            frozen_too = self.model if self.fsdp_root is None else None
             with _full_params_for_generation(self.model, self.fsdp_root) as synced, \
-                    cached_weight_casts(prompt_ids.device, self.model):  # one bf16 cast per weight, not per token
+                    cached_weight_casts(prompt_ids.device, frozen_too):
                 if n > 1:  # rows prompt-major; HF's greedy mode takes one sequence per row
                     gen_kwargs["attention_mask"] = gen_kwargs["attention_mask"].repeat_interleave(n, 0)
                     if self.is_encoder_decoder:  # the encoder once per prompt, as HF's own sampling does
