@@ -171,5 +171,7 @@ def test_pipeline_summary_rows_come_from_the_evaluation(tmp_path):
     assert results["eval"]["baseline"] == evaluation["baseline"] == "base"
     kl = evaluation["runs"]["sft"]["metrics"]["sampled/kl"]
     line = next(ln for ln in proc.stdout.splitlines() if "SFT KL to base" in ln)
-    assert format_estimate(kl) in line and kl["value"] > 0   # after: sft; before: base (KL 0 to itself)
+    # after: sft; before: base (KL 0 to itself). The estimate is a mean over 4 sampled responses: the KL of two
+    # nearly equal models is positive in expectation, but one 4-sample estimate can have either sign
+    assert format_estimate(kl) in line and kl["value"] != 0 and kl["ci"][0] <= kl["value"] <= kl["ci"][1]
     assert "0 [0, 0]" in line

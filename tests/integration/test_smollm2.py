@@ -150,6 +150,9 @@ def test_hir_step(smol_cache, tmp_path):
 
 
 def test_self_correct_step(smol_cache, tmp_path):
+    # v = the share of the target's words in the output (lexical): graded enough that a few untrained samples
+    # differ in value and make improving pairs (the exact-sort score of 12-token answers is 0 for all of them)
     one_step("self_correct", smol_cache, tmp_path, "data=word_sorting", "algo.generator_sft_steps=0",
+             "algo.value.name=lexical", "~algo.value.task", "~algo.value.graded",
              "algo.max_new_tokens=12", "algo.num_samples=4", "algo.batch_size=2", "algo.updates_per_step=1",
              "algo.max_iterations=1", "algo.num_corrections=1")
