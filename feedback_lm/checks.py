@@ -184,7 +184,8 @@ def _first_line(err: BaseException) -> str:
 
 # Run-level keys of conf/train.yaml and their types.
 _RUN_KEYS: dict[str, Any] = {"seed": int, "checkpoint_every_n_steps": int, "eval_before": bool, "eval_after": bool,
-                             "save_model": bool, "ckpt_path": str | None, "run_dir": str, "malloc_keep_freed": bool}
+                             "save_model": bool, "ckpt_path": str | None, "run_dir": str, "malloc_keep_freed": bool,
+                             "frozen_cast_cache": bool | typing.Literal["auto"]}
 # The trainer's arguments that run.py passes itself.
 _TRAINER_GIVEN = ("logger", "callbacks", "plugins", "default_root_dir")
 

@@ -39,7 +39,7 @@ from feedback_lm.checkpoint import (
 from feedback_lm.checks import check_config, check_data_kind, check_dir_creatable, check_experiment
 from feedback_lm.errors import UserError
 from feedback_lm.malloc import keep_freed_memory
-from feedback_lm.precision import resolve_precision
+from feedback_lm.precision import FrozenCastCache, resolve_precision
 
 
 def main(cfg: DictConfig) -> dict[str, Any] | None:
@@ -166,6 +166,8 @@ def _callbacks(cfg: DictConfig, run_dir: Path) -> list:
         OnExceptionCheckpoint(dirpath=str(ckpt_dir), filename="on_exception"),
         # what Lightning does not checkpoint: the metrics.csv step to resume at, the random states
         ResumeState(),
+        # frozen weights (LoRA base weights, frozen reference/reward models) cast to bf16 once, not per forward
+        FrozenCastCache(cfg.get("frozen_cast_cache", "auto")),
     ]
 
 

@@ -69,6 +69,7 @@ def test_check_node_reads_the_trainer_signature():
     (["seed=abc"], r"seed='abc' has the wrong type: expected int"),
     (["eval_before=maybe"], r"eval_before='maybe' has the wrong type: expected bool"),
     (["malloc_keep_freed=sometimes"], r"malloc_keep_freed='sometimes' has the wrong type: expected bool"),
+    (["frozen_cast_cache=sometimes"], r"frozen_cast_cache='sometimes' has the wrong type: expected bool or one of 'auto'"),
     (["checkpoint_every_n_steps=-1"], r"checkpoint_every_n_steps=-1 is out of range"),
     (["algo=ppo", "reward=model"], r"reward\.path must be set .*add reward\.path=\.\.\. to the command"),
     (["model.dtype=float17"], r"model\.dtype='float17' is not a dtype"),
