@@ -137,9 +137,13 @@ _OWNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _kept_dtype(module: nn.Module, x: torch.Tensor) -> torch.dtype | None:
-    """The autocast dtype when ``module``'s weight is a frozen fp32 one under autocast; else None."""
+    """The autocast dtype when ``module``'s weight is a frozen fp32 one under autocast; else None. Also None
+    while ``torch.compile`` traces (a cache it cannot see would break its graph) or a CUDA graph is captured
+    (a cast made there would live in the graph's memory pool)."""
     w, device_type = module.weight, x.device.type
     if w.requires_grad or w.dtype != torch.float32 or not torch.is_autocast_enabled(device_type):
+        return None
+    if torch.compiler.is_compiling() or (device_type == "cuda" and torch.cuda.is_current_stream_capturing()):
         return None
     return torch.get_autocast_dtype(device_type)
 

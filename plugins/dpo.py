@@ -23,7 +23,9 @@ comparisons of the default task, or ``data.source=jsonl data.path=labels.jsonl``
 
 Logs: ``train/loss``, ``dpo/reward_chosen``, ``dpo/reward_rejected`` (mean implicit reward of the best and
 worst tiers), ``dpo/reward_accuracy`` (share of pairs ordered right by the implicit reward),
-``dpo/reward_margin``; ``val/loss``, ``val/reward_accuracy``, ``val/reward_margin`` on held-out comparisons.
+``dpo/reward_margin``; ``val/loss``, ``val/reward_accuracy``, ``val/reward_margin`` on held-out comparisons,
+and a table of the policy's greedy answers to the first ``num_samples_shown`` held-out prompts beside their
+preferred response (printed, and sent to wandb / TensorBoard).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import torch.nn.functional as F
 
 from feedback_lm.checks import check_args
 from feedback_lm.data.comparisons import Comparison
+from feedback_lm.display import log_samples, print_samples
 from feedback_lm.errors import UserError
 from feedback_lm.models import ModelConfig
 from feedback_lm.online import sequence_logprobs
@@ -124,6 +127,8 @@ class DPO(L.LightningModule):
         ranking: ``pairs`` or ``plackett_luce`` for rankings of K answers (see the module docstring).
         lr, weight_decay, warmup_steps, schedule, min_lr_ratio: AdamW and its LR schedule (per step).
         max_grad_norm: gradient clipping (None = off).
+        max_new_tokens, num_samples_shown: the held-out sample table (greedy answers to the first
+            ``num_samples_shown`` prompts of the first validation batch; 0: no table).
     """
 
     DATA_KIND: ClassVar[str] = "comparisons"
@@ -131,9 +136,10 @@ class DPO(L.LightningModule):
     def __init__(self, policy: ModelConfig | Mapping[str, Any], beta: float = 0.1, loss_type: str = "sigmoid",
                  label_smoothing: float = 0.0, ranking: str = "pairs", lr: float = 1e-6, weight_decay: float = 0.0,
                  warmup_steps: int = 150, schedule: str = "constant", min_lr_ratio: float = 0.0,
-                 max_grad_norm: float | None = 1.0):
+                 max_grad_norm: float | None = 1.0, max_new_tokens: int = 64, num_samples_shown: int = 5):
         super().__init__()
-        check_args("algo", beta=(beta, "> 0"), label_smoothing=(label_smoothing, "[0, 0.5)"), lr=(lr, "> 0"),
+        check_args("algo", max_new_tokens=(max_new_tokens, ">= 1"), num_samples_shown=(num_samples_shown, ">= 0"),
+                   beta=(beta, "> 0"), label_smoothing=(label_smoothing, "[0, 0.5)"), lr=(lr, "> 0"),
                    weight_decay=(weight_decay, ">= 0"), warmup_steps=(warmup_steps, ">= 0"),
                    min_lr_ratio=(min_lr_ratio, "[0, 1]"), max_grad_norm=(max_grad_norm, "> 0"))
         if loss_type not in LOSS_TYPES:
@@ -179,6 +185,22 @@ class DPO(L.LightningModule):
         self.log("val/loss", loss, batch_size=n, sync_dist=True)
         self.log("val/reward_accuracy", stats["reward_accuracy"], batch_size=n, sync_dist=True, prog_bar=True)
         self.log("val/reward_margin", stats["reward_margin"], batch_size=n, sync_dist=True)
+        k = self.hparams.num_samples_shown
+        if batch_idx == 0 and k:
+            shown = batch[:k]
+            ids, mask = self.policy.encode_prompts([c.prompt for c in shown])
+            gen = self.policy.generate(ids.to(self.device), mask.to(self.device),
+                                       max_new_tokens=self.hparams.max_new_tokens, do_sample=False)
+            outputs = self.policy.decode(gen.response_ids, gen.response_mask)
+            self._samples = [{"prompt": c.prompt, "output": o, "preferred": c.responses[c.tiers[0][0]]}
+                             for c, o in zip(shown, outputs)]
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        samples = getattr(self, "_samples", [])
+        print_samples(samples, title=f"held-out samples (step {self.global_step})")
+        log_samples(self.loggers, "val/samples", samples, self.global_step)
 
     # ------------------------------------------------------------------------------------- optimizer
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):

@@ -154,3 +154,28 @@ def test_behavioural_check_raises_the_implicit_reward_margin():
     out = check_plugin("dpo", models=(), overrides=["data=comparisons", "algo.warmup_steps=0"],
                        learns=Learns("dpo/reward_margin", ["algo.lr=1e-3"], steps=12))
     assert out["learns"]["last"] > out["learns"]["first"]
+
+
+def test_validation_shows_greedy_answers_beside_the_preferred_response(tmp_path, capsys):
+    """The held-out table: the policy's greedy answers to the first num_samples_shown prompts."""
+    import lightning as L
+
+    cfg = compose(["algo=dpo", "data=comparisons", "model=tiny-gpt2", f"run_dir={tmp_path}", "algo.max_new_tokens=5",
+                   "algo.num_samples_shown=3", "data.num_val=8", "data.eval_batch_size=8"])
+    module = instantiate(cfg.algo, _convert_="all")
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(module, datamodule=instantiate(cfg.data, _convert_="all"), verbose=False)
+    rows = module._samples
+    assert len(rows) == 3 and list(rows[0]) == ["prompt", "output", "preferred"]
+    assert all(len(module.policy.tokenizer(r["output"], add_special_tokens=False).input_ids) <= 5 for r in rows)
+    assert "held-out samples" in capsys.readouterr().out
+
+
+def test_the_smollm2_preset_composes_with_dpo():
+    """The preset sizes algo.max_new_tokens for its task; DPO takes it (its sample table)."""
+    from feedback_lm.checks import check_config
+
+    cfg = compose(["algo=dpo", "data=comparisons", "model=smollm2-135m", "run_dir=/tmp/unused"])
+    check_config(cfg)
+    assert cfg.algo.max_new_tokens == 16

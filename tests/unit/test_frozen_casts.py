@@ -216,3 +216,12 @@ def test_a_lora_dpo_fit_is_the_same_to_the_bit_and_its_layers_come_back_plain(tm
     assert results[True].keys() == results[False].keys() and any("lora" in n for n in results[True])
     for n, p in results[True].items():
         assert torch.equal(p, results[False][n]), n
+
+
+def test_torch_compile_traces_the_plain_forward_in_one_graph():
+    layer = _layer("linear", "frozen")
+    cache_frozen_casts(layer)
+    x = torch.randn(4, 24)
+    compiled = torch.compile(layer, backend="eager", fullgraph=True)  # a graph break would raise
+    with torch.autocast(**BF16):
+        assert torch.equal(compiled(x), nn.functional.linear(x, layer.weight, layer.bias))
