@@ -10,7 +10,11 @@ and the slower first run after a pause, fall on both arms alike.
     python bench/bench_default.py --before /tmp/before --threads 1 --side-by-side   # 1 thread each, pinned
 
 ``--side-by-side`` runs the two arms at the same time, one pinned core each, and swaps the cores every round.
-Extra arguments after ``--`` go to both ``train.py`` commands.
+Extra arguments after ``--`` go to both ``train.py`` commands. ``--before-arg`` adds one to the "before" arm
+only; without ``--before`` both arms run this checkout, so a setting can be compared against its default:
+
+    python bench/bench_default.py --before-arg frozen_cast_cache=false --rounds 4 -- model=smollm2-135m \
+        trainer.max_steps=30 eval_before=false eval_after=false save_model=false
 """
 
 from __future__ import annotations
@@ -61,7 +65,8 @@ def result(run_dir: Path, seconds: float, returncode: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--before", required=True, type=Path, help="a checkout of the code to compare against")
+    p.add_argument("--before", type=Path, help="a checkout of the code to compare against (default: this one)")
+    p.add_argument("--before-arg", action="append", default=[], help="a train.py argument for the before arm only")
     p.add_argument("--now", type=Path, default=ROOT, help="the code measured (default: this checkout)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
@@ -70,7 +75,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", type=Path, help="where the run directories go (default: a new temporary directory)")
     p.add_argument("extra", nargs="*", help="arguments for both train.py commands (after --)")
     args = p.parse_args(argv)
-    trees = {"now": args.now.resolve(), "before": args.before.resolve()}
+    if args.before is None and not args.before_arg:
+        raise SystemExit("give --before <checkout>, or --before-arg to compare a setting on this checkout")
+    trees = {"now": args.now.resolve(), "before": (args.before or args.now).resolve()}
+    extra = {"now": args.extra, "before": [*args.extra, *args.before_arg]}
     for name, tree in trees.items():
         if not (tree / "train.py").is_file():
             raise SystemExit(f"--{name} {tree}: no train.py there (give a checkout of this project)")
@@ -81,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         row = {}
         if args.side_by_side:
             cores = (0, 1) if r % 2 == 0 else (1, 0)
-            procs = {name: start(tree, out / f"{name}{r}", args.threads, args.extra, core)
+            procs = {name: start(tree, out / f"{name}{r}", args.threads, extra[name], core)
                      for (name, tree), core in zip(trees.items(), cores)}
             for name, (proc, t0) in procs.items():
                 proc.wait()
@@ -90,16 +98,18 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             order = list(trees.items())  # the first run after a pause runs slower here: swap who goes first
             for name, tree in order if r % 2 == 0 else order[::-1]:
-                proc, t0 = start(tree, out / f"{name}{r}", args.threads, args.extra, None)
+                proc, t0 = start(tree, out / f"{name}{r}", args.threads, extra[name], None)
                 proc.wait()
                 row[name] = result(out / f"{name}{r}", time.perf_counter() - t0, proc.returncode)
         row["ratio"] = round(row["before"]["wall_s"] / row["now"]["wall_s"], 2)
+        row["fit_ratio"] = round(row["before"]["fit_s"] / row["now"]["fit_s"], 2)
         rounds.append(row)
         print(f"round {r + 1}: now {row['now']['wall_s']} s ({_pct(row['now']['accuracy'])}, fit "
               f"{row['now']['fit_s']} s), before {row['before']['wall_s']} s ({_pct(row['before']['accuracy'])}, fit "
-              f"{row['before']['fit_s']} s): {row['ratio']}x", flush=True)
+              f"{row['before']['fit_s']} s): {row['ratio']}x (fit {row['fit_ratio']}x)", flush=True)
     summary = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": args.threads,
                "side_by_side": args.side_by_side, "before": str(trees["before"]), "extra": args.extra,
+               "before_args": args.before_arg, "median_fit_ratio": statistics.median(r["fit_ratio"] for r in rounds),
                "rounds": rounds, "median_ratio": statistics.median(r["ratio"] for r in rounds), "runs": str(out)}
     print(json.dumps(summary, indent=1))
     if args.json:

@@ -84,7 +84,7 @@ def test_bench_default_times_two_trees_and_reads_their_metrics(tmp_path):
     import bench_default
 
     root = BENCH.parent
-    summary = bench_default.main(["--before", str(root), "--rounds", "1", "--threads", "1", "--out", str(tmp_path / "runs"),
+    summary = bench_default.main(["--before", str(root), "--before-arg", "frozen_cast_cache=false", "--rounds", "1", "--threads", "1", "--out", str(tmp_path / "runs"),
                                   "--json", str(tmp_path / "default.json"), "--", "trainer.max_steps=2",
                                   "trainer.val_check_interval=1", "data.num_train=16", "data.num_val=4",
                                   "data.eval_batch_size=4", "algo.max_new_tokens=4", "save_model=false"])
@@ -92,4 +92,19 @@ def test_bench_default_times_two_trees_and_reads_their_metrics(tmp_path):
     for arm in ("now", "before"):
         assert row[arm]["wall_s"] > 0 and 0 <= row[arm]["accuracy"] <= 1 and row[arm]["before_accuracy"] is not None
         assert (tmp_path / "runs" / f"{arm}0" / "metrics.json").is_file()
-    assert json.loads((tmp_path / "default.json").read_text())["median_ratio"] == row["ratio"]
+    saved = json.loads((tmp_path / "default.json").read_text())
+    assert saved["median_ratio"] == row["ratio"] and saved["median_fit_ratio"] == row["fit_ratio"]
+    assert saved["before_args"] == ["frozen_cast_cache=false"]
+    overrides = {arm: (tmp_path / "runs" / f"{arm}0" / ".hydra" / "overrides.yaml").read_text() for arm in ("now", "before")}
+    assert "frozen_cast_cache=false" in overrides["before"] and "frozen_cast_cache" not in overrides["now"]
+
+
+@pytest.mark.slow
+def test_bench_frozen_casts_runs_both_variants_on_smollm2(tmp_path, capsys):
+    import bench_frozen_casts
+
+    out = tmp_path / "fc.json"
+    bench_frozen_casts.main(["--rows", "2", "--tokens", "8", "--rounds", "1", "--block", "1", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["frozen_layers"] == 211 and set(result["steps"]) == {"sft", "dpo"}
+    assert all(step["same_loss"] for step in result["steps"].values()), capsys.readouterr().out
