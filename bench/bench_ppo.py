@@ -149,7 +149,7 @@ def run_ours(args) -> dict:
 
     from feedback_lm.data.datamodule import TextDataset, collate_text
     from feedback_lm.malloc import keep_freed_memory
-    from feedback_lm.precision import resolve_precision
+    from feedback_lm.precision import FrozenCastCache, resolve_precision
     from feedback_lm.testing import compose
 
     total = args.warmup + args.iters
@@ -186,7 +186,7 @@ def run_ours(args) -> dict:
     if cfg.malloc_keep_freed:  # as train.py's run() does
         keep_freed_memory()
     trainer = instantiate(cfg.trainer, _convert_="all", logger=False, enable_checkpointing=False,
-                          callbacks=[Clock()])
+                          callbacks=[Clock(), FrozenCastCache(cfg.frozen_cast_cache)])  # as train.py's run()
     trainer.fit(module, train_dataloaders=loader)
 
     for s in splits:

@@ -12,6 +12,10 @@ products under ``torch.autocast(dtype=bfloat16)``; log-softmax, whitening, GAE a
 in fp32 by :mod:`feedback_lm.ops` whatever the autocast dtype. Any explicit value
 (``trainer.precision=32-true``, ``bf16-mixed``, ...) is passed to Lightning unchanged. The measured speed-ups
 are in ``docs/speed.md``.
+
+Casts under autocast: :func:`cached_weight_casts` casts every weight once per ``generate`` call instead of
+once per new token; :class:`FrozenCastCache` (``frozen_cast_cache`` in ``conf/train.yaml``) keeps the casts of
+frozen weights (LoRA base weights, frozen references) for a whole fit instead of one per forward.
 """
 
 from __future__ import annotations
