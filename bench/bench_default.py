@@ -60,7 +60,10 @@ def result(run_dir: Path, seconds: float, returncode: int) -> dict:
         raise SystemExit(f"train.py failed in {run_dir} (exit {returncode}); see {run_dir.with_suffix('.log')}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return {"wall_s": round(seconds, 1), "fit_s": round(metrics.get("time/fit_seconds", float("nan")), 1),
-            "accuracy": metrics.get("val/accuracy"), "before_accuracy": metrics.get("before/val/accuracy")}
+            "accuracy": metrics.get("val/accuracy"), "before_accuracy": metrics.get("before/val/accuracy"),
+            # an online algorithm's split of its last iteration (time/generate, time/forward, time/update, ...)
+            "last_iteration_s": {k[5:]: round(v, 3) for k, v in metrics.items()
+                                 if k.startswith("time/") and k != "time/fit_seconds"}}
 
 
 def main(argv: list[str] | None = None) -> dict:
