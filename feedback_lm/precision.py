@@ -116,10 +116,11 @@ def cached_weight_casts(device: torch.device | str, module: torch.nn.Module | No
     if not torch.is_autocast_enabled(device_type) or torch.is_autocast_cache_enabled():
         yield
         return
-    kept = set() if module is None else {  # FrozenCastLinear keeps its own casts for the whole fit
-        id(p) for m in module.modules() if type(m) in _PLAIN for p in m.parameters(recurse=False)}
-    frozen = [] if module is None or torch.is_grad_enabled() else [
-        p for p in module.parameters() if not p.requires_grad and p.dtype == torch.float32 and id(p) not in kept]
+    frozen = []
+    if module is not None and not torch.is_grad_enabled():
+        kept = {id(p) for m in module.modules() if type(m) in _PLAIN  # they keep their own casts for the fit
+                for p in m.parameters(recurse=False)}
+        frozen = [p for p in module.parameters() if not p.requires_grad and p.dtype == torch.float32 and id(p) not in kept]
     with torch.autocast(device_type, dtype=torch.get_autocast_dtype(device_type), cache_enabled=True):
         try:
             for p in frozen:
@@ -174,7 +175,7 @@ class FrozenCastLinear(nn.Linear):
     of cast again at every forward (what autocast does for every weight that does not require gradients).
 
     The values are autocast's own: the same weight rounded the same way, the input cast as autocast casts
-    it, the same product (outputs and gradients bit-identical, ``tests/unit/test_precision.py``). The cast is
+    it, the same product (outputs and gradients bit-identical, ``tests/unit/test_frozen_casts.py``). The cast is
     remade whenever the weight may have changed: another tensor (``data_ptr``), an in-place write (torch's
     version counter, which ``load_state_dict`` and ``copy_`` bump), another autocast dtype, or peft merging or
     unmerging the LoRA adapters around it (they write through ``.data``, which the counter does not see).

@@ -188,10 +188,8 @@ class DPO(L.LightningModule):
         k = self.hparams.num_samples_shown
         if batch_idx == 0 and k:
             shown = batch[:k]
-            ids, mask = self.policy.encode_prompts([c.prompt for c in shown])
-            gen = self.policy.generate(ids.to(self.device), mask.to(self.device),
-                                       max_new_tokens=self.hparams.max_new_tokens, do_sample=False)
-            outputs = self.policy.decode(gen.response_ids, gen.response_mask)
+            outputs = self.policy.generate_text([c.prompt for c in shown], max_new_tokens=self.hparams.max_new_tokens,
+                                                do_sample=False)
             self._samples = [{"prompt": c.prompt, "output": o, "preferred": c.responses[c.tiers[0][0]]}
                              for c, o in zip(shown, outputs)]
 
